@@ -1,0 +1,30 @@
+"""Shared fixtures. Tests that need the reference material in ../shared skip cleanly without it."""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_path() -> Path | None:
+    """The read-only reference folder: $REPRO_SHARED, else ../shared beside the checkout."""
+    env = os.environ.get("REPRO_SHARED")
+    p = Path(env) if env else REPO.parent / "shared"
+    return p if p.is_dir() else None
+
+
+@pytest.fixture(scope="session")
+def shared() -> Path:
+    p = shared_path()
+    if p is None:
+        pytest.skip("reference material (../shared) is absent")
+    return p
+
+
+@pytest.fixture(scope="session")
+def golden(shared) -> Path:
+    p = shared / "golden"
+    if not p.is_dir():
+        pytest.skip("golden Caffe data (../shared/golden) is absent")
+    return p
