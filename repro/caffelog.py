@@ -1,0 +1,161 @@
+"""The paper's Caffe training logs → test points per net (PROTOCOL.md section 9, FIGURES.md section 1).
+
+A net's folder holds several log pieces (cluster job outputs `*.o<jobid>.gz`, plain or gzipped): a resumed run
+starts a new piece at its snapshot + 20, repeating the iterations after the snapshot; some pieces are empty, one
+(netbase's catlog.oMANUAL.gz) is a manual concatenation with the later run first. The rules that reproduce the
+paper's notebook (`read_info` in plots/transfer_plots.ipynb) exactly:
+  * every glog line carries `MMDD hh:mm:ss.micro` (no year): for an iteration seen more than once, the value
+    with the latest timestamp wins, whatever the file order (ties: the first seen);
+  * a `Testing net` line is followed by its `Test score #0` (top-1) and `#1` (loss) lines; a killed job can
+    leave a `Testing net` line without scores, and such a test is dropped;
+  * a net whose folder has no test points is skipped.
+Newer Caffe's `Test net output #k: accuracy = …` / `loss = …` lines are read too (accuracy → top-1).
+
+Timestamps have no year, so a log that spans New Year would be misordered, as in the notebook.
+"""
+from __future__ import annotations
+
+import fnmatch
+import gzip
+import os
+import re
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .results import TestPoint
+
+# Files read in a net's folder (the notebook globs `*.[eo]*.gz`); names are matched after removing `.gz`.
+LOG_GLOBS = ("*.[eo]*", "*.log", "*.log.*", "*.INFO", "*.INFO.*")
+
+# glog prefix: severity, MMDD, hh:mm:ss.micro, thread id, file:line]  (Caffe logs through glog)
+_GLOG = re.compile(r"^[IWEF](\d{4}) (\d\d:\d\d:\d\d\.\d+)\s+\d+\s+[^\]\s]+\]\s?(.*)$")
+_ITER_LR = re.compile(r"^Iteration (\d+)(?: \([^)]*\))?, lr = (\S+)")
+_ITER_LOSS = re.compile(r"^Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
+_TESTING = re.compile(r"^Iteration (\d+), Testing net")
+_SCORE_OLD = re.compile(r"^Test score #(\d+): (\S+)")                   # Caffe of 2014 (Solver::Test)
+_SCORE_NEW = re.compile(r"^Test net output #\d+: (\S+) = (\S+)")         # later Caffe
+
+
+@dataclass
+class NetLog:
+    """Everything read from one net's log pieces, merged by the latest-timestamp rule."""
+
+    name: str
+    files: list[Path] = field(default_factory=list)
+    tests: list[TestPoint] = field(default_factory=list)        # sorted by iteration
+    train_loss: dict[int, float] = field(default_factory=dict)  # mini-batch loss at display iterations
+    lr: dict[int, float] = field(default_factory=dict)
+
+
+class _Latest:
+    """Caffe log values keyed by iteration; the notebook's insert_most_recent."""
+
+    def __init__(self):
+        self.d: dict[int, tuple[float, tuple]] = {}
+
+    def put(self, it: int, value: float, stamp: tuple):
+        old = self.d.get(it)
+        if old is None or stamp > old[1]:
+            self.d[it] = (value, stamp)
+
+    def values(self) -> dict[int, float]:
+        return {it: v for it, (v, _) in sorted(self.d.items())}
+
+
+def is_log_file(path: Path) -> bool:
+    name = path.name[:-3] if path.name.endswith(".gz") else path.name
+    return path.is_file() and any(fnmatch.fnmatchcase(name, g) for g in LOG_GLOBS)
+
+
+def _lines(path: Path):
+    opener = gzip.open if path.name.endswith(".gz") else open
+    n = 0
+    try:
+        with opener(path, "rt", encoding="utf-8", errors="replace") as f:
+            for n, line in enumerate(f, 1):
+                yield line
+    except (EOFError, gzip.BadGzipFile, zlib.error) as e:
+        # A killed job can leave a truncated .gz: keep what was written before the damage.
+        warnings.warn(f"{path}: unreadable after line {n} ({e}); using the lines before it")
+
+
+def _parse_into(path: Path, top1: _Latest, loss: _Latest, train_loss: _Latest, lr: _Latest):
+    testing = None   # iteration of the last `Testing net` line still waiting for its scores
+    for line in _lines(path):
+        m = _GLOG.match(line)
+        if not m:
+            continue   # nvidia-smi output, job headers, directory listings: not glog lines
+        mmdd, clock, msg = m.groups()
+        stamp = (mmdd, clock)
+        s = _SCORE_OLD.match(msg)
+        if s and testing is not None:
+            value = float(s.group(2))
+            if s.group(1) == "0":
+                top1.put(testing, value, stamp)
+            elif s.group(1) == "1":
+                loss.put(testing, value, stamp)
+            continue
+        s = _SCORE_NEW.match(msg)
+        if s and testing is not None:
+            name, value = s.group(1), float(s.group(2))
+            if "acc" in name and "top5" not in name and "top-5" not in name:
+                top1.put(testing, value, stamp)
+            elif "loss" in name:
+                loss.put(testing, value, stamp)
+            continue
+        testing = None   # any other line ends a test's score block (a test without scores is dropped)
+        t = _TESTING.match(msg)
+        if t:
+            testing = int(t.group(1))
+            continue
+        t = _ITER_LOSS.match(msg)
+        if t:
+            train_loss.put(int(t.group(1)), float(t.group(2)), stamp)
+            continue
+        t = _ITER_LR.match(msg)
+        if t:
+            lr.put(int(t.group(1)), float(t.group(2)), stamp)
+
+
+def parse_log_files(paths, name: str = "") -> NetLog:
+    """Merge the given log pieces of one net."""
+    top1, loss, train_loss, lr = _Latest(), _Latest(), _Latest(), _Latest()
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        _parse_into(p, top1, loss, train_loss, lr)
+    losses = loss.values()
+    tests = [TestPoint(it, v, losses.get(it)) for it, v in top1.values().items()]
+    return NetLog(name, paths, tests, train_loss.values(), lr.values())
+
+
+def read_net_logs(net_dir: str | os.PathLike) -> NetLog:
+    """All log pieces in one net's folder (files matching LOG_GLOBS, plain or .gz, in name order)."""
+    net_dir = Path(net_dir)
+    if not net_dir.is_dir():
+        raise FileNotFoundError(f"{net_dir}: not a folder")
+    return parse_log_files(sorted(p for p in net_dir.iterdir() if is_log_file(p)), net_dir.name)
+
+
+def read_caffe_logs(root: str | os.PathLike) -> list[tuple[str, list[TestPoint]]]:
+    """[(net name, test points)] for every net folder under `root` that has test points, in name order.
+
+    `root` holds one folder per net named as in the paper (half0A, transfer0A0B_1_3, …); a folder that itself
+    holds log files is read as one net.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{root}: not a folder")
+    if any(is_log_file(p) for p in root.iterdir()):
+        dirs = [root]
+    else:
+        dirs = sorted(p for p in root.iterdir() if p.is_dir())
+    out = []
+    for d in dirs:
+        log = read_net_logs(d)
+        if log.tests:
+            out.append((log.name, log.tests))
+    if not out:
+        raise FileNotFoundError(f"{root}: no Caffe log with test scores (looked for {', '.join(LOG_GLOBS)})")
+    return out
