@@ -284,7 +284,7 @@ class Net(nn.Module):
                                f"but the data layer feeder is unavailable ({e}); pass the tops "
                                f"{self.top_names[name]} to the net instead") from None
             base = self.data_root if self.data_root is not None else os.getcwd()
-            feeder = self._feeders[name] = DataLayerFeeder(layer.param, self.phase, base)
+            feeder = self._feeders[name] = DataLayerFeeder(layer.param, self.phase, base, device=self._device())
         return feeder
 
     @staticmethod
