@@ -266,8 +266,9 @@ class _Feeder:
 
     made = []
 
-    def __init__(self, layer_param, phase, base_dir):
+    def __init__(self, layer_param, phase, base_dir, device=None):
         self.args = (layer_param.name, phase, base_dir)
+        self.device = device
         self.calls = 0
         _Feeder.made.append(self)
 
@@ -285,6 +286,7 @@ def test_data_layer_asks_the_feeder(monkeypatch, tmp_path):
     net()
     net()
     assert len(_Feeder.made) == 1 and _Feeder.made[0].args == ("data", "TRAIN", tmp_path)
+    assert _Feeder.made[0].device == torch.device("cpu")  # crop/mirror/mean run where the net runs
     assert torch.all(net.blobs["data"] == 2.0)  # the second batch
     net(data=torch.zeros(2, 3, 8, 8), label=torch.zeros(2))  # explicit inputs: the feeder is not asked
     assert _Feeder.made[0].calls == 2
