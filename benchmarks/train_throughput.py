@@ -1,0 +1,338 @@
+"""Training throughput (images/s) of our path against a plain PyTorch baseline measured in the same run.
+
+  python benchmarks/train_throughput.py --device cuda                     # CaffeNet, batch 256, 20k-image store
+  python benchmarks/train_throughput.py --device cpu --quick              # tiny: small net, seconds
+  python benchmarks/train_throughput.py --device cpu --net small --batch 64 --iters 10
+
+Three measurements, each beside the baseline (benchmarks/baseline.py: the same layers as stock modules +
+torch.optim.SGD, JPEG files decoded by PIL in DataLoader workers):
+
+  (a) loader alone: our DeviceFeed over a pre-resized uint8 store (crop/mirror/mean on the device, side-stream
+      copies) vs the JPEG folder loader, each delivering float batches on the device;
+  (b) training step alone on a fixed synthetic batch already on the device;
+  (c) end to end: loader + step.
+
+Variants of our step, each NET_MODE: NET is ``base`` (every layer learns) or ``frozenN`` (the paper's transfer
+net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is one of
+  fp32       faithful: IEEE float32, TF32 off, deterministic algorithms (repro.numerics)
+  fp32bench  IEEE float32 with cudnn.benchmark's (nondeterministic) algorithm choice
+  layerlrn   fp32 with the LRN layer's own ops instead of the fused LRN (repro.lrn_fused)
+  solver     Solver.step: the reference path (reads the loss back every iteration, keeps net.blobs)
+  tf32       float32 weights, TF32 tensor-core products, cudnn.benchmark
+  fast       bf16 autocast + channels_last + TF32 (repro.fast)
+  bf16       fast without channels_last (with the fused LRN)
+  compile    fast + torch.compile
+Ratios are against the float32 baseline. Prints one ``ratio_<what>: X`` line per ratio (``ratio_loader``,
+``ratio_step``, ``ratio_end_to_end`` for base_fp32, then ``ratio_step_<variant>``, ``ratio_end_to_end_<variant>``),
+``images_per_s_<what>: X`` and ``peak_mem_gib_<variant>: X`` (CUDA); ``--json`` writes everything.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/baseline.py beside this script
+from baseline import BaselineTrainer, baseline_loader, default_workers, write_jpegs  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+NETS = {"caffenet": (REPO / "prototxt" / "caffenet" / "train_val.prototxt", 256, 227, 1000),
+        "small": (REPO / "prototxt" / "small" / "train_val.prototxt", 64, 56, 20)}  # net, stored size, crop, classes
+FULL_VARIANTS = ("base_fp32,base_fp32bench,base_layerlrn,base_solver,frozen5_fp32,frozen7_fp32,frozen7_fp32bench,"
+                 "base_tf32,frozen5_tf32,base_fast,base_bf16")
+QUICK_VARIANTS = "base_fp32,frozen5_fp32,base_fast"
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
+    """n photo-like BGR images (smooth random colour fields + grain), N x 3 x size x size uint8."""
+    rng = np.random.default_rng(seed)
+    g = 16
+    coarse = rng.integers(0, 220, (n, 3, g, g)).astype(np.float32)
+    # bilinear upsampling as two small matrix products (no OpenCV / PIL needed)
+    pos = np.clip((np.arange(size) + 0.5) * g / size - 0.5, 0, g - 1)
+    i0 = np.floor(pos).astype(int)
+    i1 = np.minimum(i0 + 1, g - 1)
+    f = (pos - i0).astype(np.float32)
+    U = np.zeros((size, g), np.float32)
+    U[np.arange(size), i0] += 1 - f
+    U[np.arange(size), i1] += f
+    smooth = np.einsum("ij,ncjk,lk->ncil", U, coarse, U, optimize=True)
+    grain = rng.integers(0, 32, (n, 3, size, size), dtype=np.uint8)
+    return (smooth.astype(np.uint8) + grain).astype(np.uint8)
+
+
+def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int, unique: int = 512):
+    """A store of `images` images (tiles of `unique` distinct ones) and `jpegs` JPEG files of the same images."""
+    from repro.fast_data import write_store
+
+    u = synthetic_images(min(unique, images), size)
+    labels = np.arange(images) % classes
+    t = time.perf_counter()
+    reps = -(-images // len(u))
+    chunks = (u[: min(len(u), images - r * len(u))] for r in range(reps))
+    store = write_store(tmp / "store", chunks, labels)
+    t_store = time.perf_counter() - t
+    mean = u.astype(np.float32).mean(0)  # the tiled store's mean image (BGR)
+    t = time.perf_counter()
+    k = min(jpegs, len(u))
+    write_jpegs(tmp / "jpegs", u, labels[:jpegs])
+    t_jpeg = time.perf_counter() - t
+    print(f"data: store {len(store)} images {size}x{size} ({store.images.nbytes / 2**30:.2f} GiB) in {t_store:.1f}s; "
+          f"{jpegs} JPEGs ({k} distinct) in {t_jpeg:.1f}s", flush=True)
+    return store, mean
+
+
+# ---------------------------------------------------------------------------------------------- nets
+
+
+def solver_param(net_path, batch: int, frozen: int = 0):
+    """The paper's solver around the feedable TRAIN net (data as inputs); the first `frozen` learned layers
+    at lr_mult 0 (the paper's AnB transfer net)."""
+    from repro.proto import caffe_pb2
+    from repro.train_step import feedable
+
+    net, _ = feedable(net_path, "TRAIN", batch_size=batch)
+    learned = [l for l in net.layer if l.type in ("Convolution", "InnerProduct")]
+    for layer in learned[:frozen]:
+        for p in layer.param:
+            p.lr_mult = 0
+    sp = caffe_pb2.SolverParameter()
+    sp.net_param.CopyFrom(net)
+    sp.base_lr, sp.lr_policy, sp.gamma, sp.stepsize = 0.01, "step", 0.1, 100000
+    sp.momentum, sp.weight_decay, sp.max_iter, sp.random_seed, sp.display = 0.9, 5e-4, 450000, 1, 0
+    return sp
+
+
+def build(variant: str, net_path, batch: int, device):
+    """(step function batch -> None, solver) for a NET_MODE variant (module doc)."""
+    from repro.fast import TF32_ONLY, FastMode, fast_step
+    from repro.solver import Solver
+    from repro.train_step import TrainStep
+
+    net_kind, mode = variant.split("_", 1)
+    frozen = 0 if net_kind == "base" else int(net_kind[len("frozen"):])
+    solver = Solver(solver_param(net_path, batch, frozen), device=device)  # builds nets: faithful numerics
+    if mode == "fp32":
+        step = TrainStep(solver)
+    elif mode == "layerlrn":
+        step = TrainStep(solver, fused_lrn=False)
+    elif mode == "solver":
+        return (lambda b: solver.step(1, feed=b)), solver
+    elif mode == "tf32":
+        step = fast_step(solver, TF32_ONLY)
+    elif mode == "fp32bench":
+        step = fast_step(solver, FastMode(bf16=False, channels_last=False, tf32=False, cudnn_benchmark=True))
+    elif mode == "fast":
+        step = fast_step(solver, FastMode())
+    elif mode == "bf16":
+        step = fast_step(solver, FastMode(channels_last=False))
+    elif mode == "compile":
+        step = fast_step(solver, FastMode(compile=True))
+    else:
+        raise SystemExit(f"unknown variant mode {mode!r} in {variant!r}")
+    return step.step, solver
+
+
+# ---------------------------------------------------------------------------------------------- timing
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn, iters: int, warmup: int, batch: int, device, rounds: int = 3) -> float:
+    """images/s of fn() after `warmup` calls: the best of `rounds` blocks of iters/rounds calls (as timeit
+    does: the fastest block is the one least disturbed by other work on the machine)."""
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    per = max(1, -(-iters // rounds))
+    best = 0.0
+    for _ in range(rounds):
+        t = time.perf_counter()
+        for _ in range(per):
+            fn()
+        sync(device)
+        best = max(best, per * batch / (time.perf_counter() - t))
+    return best
+
+
+def free(device):
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_gib(device):
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+class Cycle:
+    """Endless batches from a DataLoader (restarting it at the end of an epoch)."""
+
+    def __init__(self, loader, device):
+        self.loader, self.device, self.it = loader, device, iter(loader)
+
+    def __call__(self):
+        try:
+            x, y = next(self.it)
+        except StopIteration:
+            self.it = iter(self.loader)
+            x, y = next(self.it)
+        return x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--quick", action="store_true", help="tiny sizes (small net, batch 16, few iterations)")
+    ap.add_argument("--net", choices=tuple(NETS), help="caffenet (default) or small (default with --quick)")
+    ap.add_argument("--batch", type=int, help="batch size (default: 256 caffenet, 64 small, 16 quick)")
+    ap.add_argument("--iters", type=int, help="timed iterations per measurement")
+    ap.add_argument("--warmup", type=int, help="untimed iterations first (cudnn autotuning, compilation)")
+    ap.add_argument("--images", type=int, help="images in the synthetic store (default 20480; quick 256)")
+    ap.add_argument("--jpegs", type=int, help="JPEG files for the baseline loader (default 8192; quick 128)")
+    ap.add_argument("--workers", type=int, help="our reader threads (default min(8, cores/2))")
+    ap.add_argument("--base-workers", type=int, help="baseline DataLoader processes (default cores-2, <= 12)")
+    ap.add_argument("--variants", help=f"comma list (default {FULL_VARIANTS}; quick {QUICK_VARIANTS})")
+    ap.add_argument("--sections", default="loader,step,e2e", help="which of loader,step,e2e to run")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (ratios are then absent)")
+    ap.add_argument("--json", help="write all numbers to this file")
+    a = ap.parse_args(argv)
+
+    from repro.data.transform import TransformSpec
+    from repro.fast_data import DeviceFeed, default_workers as feed_workers
+    from repro.net import Net
+    from repro.numerics import numerics_state, set_faithful
+
+    net_name = a.net or ("small" if a.quick else "caffenet")
+    net_path, size, crop, classes = NETS[net_name]
+    batch = a.batch or (16 if a.quick else {"caffenet": 256, "small": 64}[net_name])
+    iters = a.iters or (3 if a.quick else 30)
+    warmup = a.warmup if a.warmup is not None else (1 if a.quick else 5)
+    variants = (a.variants or (QUICK_VARIANTS if a.quick else FULL_VARIANTS)).split(",")
+    sections = set(a.sections.split(","))
+    device = torch.device(a.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        print("CUDA is not available", file=sys.stderr)
+        return 2
+    workers = a.workers or (2 if a.quick else feed_workers())
+    base_workers = a.base_workers if a.base_workers is not None else (2 if a.quick else default_workers())
+    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "net": net_name,
+           "batch": batch, "iters": iters, "warmup": warmup, "device": str(device), "torch": torch.__version__,
+           "host": platform.node(), "cpus": os.cpu_count(), "our_workers": workers, "baseline_workers": base_workers,
+           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
+           "images_per_s": {}, "ratios": {}, "peak_mem_gib": {}}
+    print(f"device {res['gpu'] or device}, torch {torch.__version__}, {net_name} batch {batch}, "
+          f"{iters} timed iterations after {warmup}", flush=True)
+
+    def record(kind, name, value):
+        res[kind][name] = value
+        print(f"{kind[:-1] if kind != 'images_per_s' else kind}_{name}: {value:.4g}" if kind != "ratios"
+              else f"ratio_{name}: {value:.3f}", flush=True)
+
+    set_faithful(True)
+    ref_net = Net(net_path, "TRAIN", input_shapes={"data": (batch, 3, crop, crop)})
+    with tempfile.TemporaryDirectory(prefix="repro-bench-") as tmp:
+        tmp = Path(tmp)
+        need_data = bool(sections & {"loader", "e2e"})
+        if need_data:
+            store, mean = make_data(tmp, a.images or (256 if a.quick else 20480), a.jpegs or (128 if a.quick else 8192),
+                                    size, classes)
+            spec = TransformSpec(crop_size=crop, mirror=True, mean=mean)
+            mean_rgb = mean[::-1].copy()
+
+        def our_feed():
+            return DeviceFeed(store, batch, spec, seed=0, device=device, workers=workers)
+
+        def base_feed():
+            return Cycle(baseline_loader(tmp / "jpegs", crop, mean_rgb, batch, base_workers,
+                                         device.type == "cuda"), device)
+
+        # (a) the loader alone --------------------------------------------------------------------------
+        if "loader" in sections:
+            feed = our_feed()
+            record("images_per_s", "loader_ours", timed(lambda: feed.next_batch(), iters * 2, warmup, batch, device))
+            feed.close()
+            if not a.no_baseline:
+                bf = base_feed()
+                record("images_per_s", "loader_baseline", timed(bf, iters * 2, warmup, batch, device))
+                del bf
+                record("ratios", "loader", res["images_per_s"]["loader_ours"] / res["images_per_s"]["loader_baseline"])
+
+        # the baseline step / end to end (float32, faithful numerics) -------------------------------------
+        if not a.no_baseline and sections & {"step", "e2e"}:
+            set_faithful(True)
+            free(device)
+            base = BaselineTrainer(ref_net, device)
+            x = torch.randn(batch, 3, crop, crop, device=device) * 50
+            y = torch.randint(0, classes, (batch,), device=device)
+            if "step" in sections:
+                record("images_per_s", "step_baseline", timed(lambda: base.step(x, y), iters, warmup, batch, device))
+                res["peak_mem_gib"]["baseline"] = peak_gib(device)
+            if "e2e" in sections:
+                bf = base_feed()
+                record("images_per_s", "e2e_baseline", timed(lambda: base.step(*bf()), iters, warmup, batch, device))
+                del bf
+            del base
+
+        # our variants --------------------------------------------------------------------------------
+        for v in variants:
+            free(device)
+            try:
+                t0 = time.perf_counter()
+                step, _ = build(v, net_path, batch, device)
+                res.setdefault("numerics", {})[v] = numerics_state()
+                if "step" in sections:
+                    b = {"data": torch.randn(batch, 3, crop, crop, device=device) * 50,
+                         "label": torch.randint(0, classes, (batch,), device=device).float()}
+                    t1 = time.perf_counter()
+                    step(b)  # first step (compilation, autotuning) timed on its own
+                    sync(device)
+                    res.setdefault("first_step_s", {})[v] = time.perf_counter() - t1
+                    record("images_per_s", f"step_{v}", timed(lambda: step(b), iters, warmup, batch, device))
+                    if device.type == "cuda":
+                        record("peak_mem_gib", v, peak_gib(device))
+                    if "step_baseline" in res["images_per_s"]:
+                        r = res["images_per_s"][f"step_{v}"] / res["images_per_s"]["step_baseline"]
+                        record("ratios", "step" if v == "base_fp32" else f"step_{v}", r)
+                if "e2e" in sections:
+                    feed = our_feed()
+                    record("images_per_s", f"e2e_{v}", timed(lambda: step(feed.next_batch()), iters, warmup,
+                                                             batch, device))
+                    feed.close()
+                    if "e2e_baseline" in res["images_per_s"]:
+                        r = res["images_per_s"][f"e2e_{v}"] / res["images_per_s"]["e2e_baseline"]
+                        record("ratios", "end_to_end" if v == "base_fp32" else f"end_to_end_{v}", r)
+                res.setdefault("variant_s", {})[v] = time.perf_counter() - t0
+                step = None  # free the net before the next variant
+            except Exception as e:  # one variant failing (e.g. compile) must not lose the others
+                res.setdefault("errors", {})[v] = f"{type(e).__name__}: {e}"
+                print(f"variant {v} failed: {type(e).__name__}: {e}", flush=True)
+            set_faithful(True)
+
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+    return 1 if res.get("errors") else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,244 @@
+"""The fast training path: fused LRN, NetPlan / TrainStep (frozen prefix under no_grad), DeviceFeed, fast mode.
+
+The faithful pieces must compute what the reference path computes (Solver.step on the Net, the LRN layer,
+Caffe's golden G1 numbers); fast mode must leave faithful defaults alone and keep float32 master weights.
+CUDA variants are marked ``gpu`` (run with ``pytest -m gpu`` on a GPU machine).
+"""
+import numpy as np
+import pytest
+import torch
+
+from repro.fast import FAITHFUL, FastMode, apply_numerics, fast_step
+from repro.fast_data import DeviceFeed, write_store
+from repro.layers.vision import lrn_across_channels
+from repro.lrn_fused import lrn_across_channels_fused
+from repro.numerics import is_faithful, set_faithful
+from repro.proto import caffe_pb2
+from repro.prototxt import read_net
+from repro.solver import Solver
+from repro.train_step import NetPlan, PlanError, TrainStep, feedable
+
+SMALL = "prototxt/small/train_val.prototxt"
+CUDA = [pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else \
+    [pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skip(reason="no CUDA device")])]
+DEVICES = ["cpu"] + CUDA
+
+
+@pytest.fixture(autouse=True)
+def faithful_after():
+    """Fast mode switches process-wide settings; every test leaves faithful numerics behind, even on failure."""
+    yield
+    set_faithful(True)
+
+
+def rel(a, b):
+    a, b = a.detach().double(), b.detach().double()
+    return float((a - b).abs().max() / b.abs().max())
+
+
+def solver_param(net_param, seed=3, lr=0.01):
+    sp = caffe_pb2.SolverParameter()
+    sp.net_param.CopyFrom(net_param)
+    sp.base_lr, sp.lr_policy, sp.gamma, sp.stepsize = lr, "step", 0.1, 2
+    sp.momentum, sp.weight_decay, sp.max_iter, sp.random_seed, sp.display = 0.9, 5e-4, 10, seed, 0
+    return sp
+
+
+def batches(n, batch=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return [{"data": torch.randn(batch, 3, 56, 56, generator=g) * 40,
+             "label": torch.randint(0, 20, (batch,), generator=g).float()} for _ in range(n)]
+
+
+def assert_same_params(a, b, tol=0.0):
+    for layer, blobs in a.net.params.items():
+        for x, y in zip(blobs, b.net.params[layer]):
+            err = rel(y.detach().cpu(), x.detach().cpu()) if tol else None
+            assert (err <= tol) if tol else torch.equal(x.detach().cpu(), y.detach().cpu()), (layer, err)
+
+
+# ------------------------------------------------------------------------------------------ fused LRN
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("size,k", [(5, 1.0), (3, 2.0)])
+def test_fused_lrn_matches_the_layer(device, size, k):
+    torch.manual_seed(0)
+    x = (torch.randn(4, 16, 9, 9, dtype=torch.float32) * 60).to(device).requires_grad_()
+    g = torch.randn(4, 16, 9, 9).to(device)
+    y_ref = lrn_across_channels(x, size, 1e-4, 0.75, k)
+    (gx_ref,) = torch.autograd.grad((y_ref * g).sum(), x)
+    y = lrn_across_channels_fused(x, size, 1e-4, 0.75, k)
+    (gx,) = torch.autograd.grad((y * g).sum(), x)
+    assert rel(y, y_ref) < 1e-6 and rel(gx, gx_ref) < 1e-6
+    with pytest.raises(ValueError, match="odd"):
+        lrn_across_channels_fused(x, 4, 1e-4, 0.75)
+
+
+# ------------------------------------------------------------------------------------------ the plan
+
+
+def test_train_step_is_bitwise_solver_step():
+    net, _ = feedable(SMALL, "TRAIN", batch_size=8)
+    data = batches(4)
+    a = Solver(solver_param(net))
+    for b in data:
+        a.step(1, feed=b)
+    b = Solver(solver_param(net))  # same seed: same weights, same dropout stream
+    step = TrainStep(b, fused_lrn=False)
+    losses = [step.step(x) for x in data]
+    assert b.iter == 4 and all(torch.isfinite(l) for l in losses)
+    assert_same_params(a, b)
+    assert step.plan.frozen_layers == []  # the base net learns every layer
+
+
+def test_frozen_prefix_runs_without_graph_and_matches_solver():
+    """The paper's AnB with n=3: conv1..conv3 at lr_mult 0 get no backward (Caffe's layer_need_backward_),
+    keep no activations for one, and the step is still exactly Solver.step's."""
+    net, _ = feedable(SMALL, "TRAIN", batch_size=8)
+    frozen = {"conv1", "conv2", "conv3"}
+    for layer in net.layer:
+        if layer.name in frozen:
+            for p in layer.param:
+                p.lr_mult = 0
+    data = batches(3)
+    a = Solver(solver_param(net))
+    w0 = a.net.params["conv2"][0].detach().clone()
+    for x in data:
+        a.step(1, feed=x)
+    b = Solver(solver_param(net))
+    step = TrainStep(b, fused_lrn=False)
+    assert step.plan.frozen_layers[:8] == ["conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2"]
+    assert "conv4" not in step.plan.frozen_layers
+    for x in data:
+        step.step(x)
+    assert_same_params(a, b)
+    assert torch.equal(b.net.params["conv2"][0], w0)
+
+    def saved_bytes(plan):
+        total = [0]
+
+        def pack(t):
+            total[0] += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            plan(data[0])
+        return total[0]
+
+    full_net, _ = feedable(SMALL, "TRAIN", batch_size=8)
+    full = NetPlan(Solver(solver_param(full_net)).net, fused_lrn=False)
+    assert saved_bytes(step.plan) < 0.5 * saved_bytes(full)
+
+
+def test_plan_names_a_missing_input():
+    net, _ = feedable(SMALL, "TRAIN", batch_size=8)
+    step = TrainStep(Solver(solver_param(net)))
+    with pytest.raises(PlanError, match="label"):
+        step.step({"data": torch.zeros(8, 3, 56, 56)})
+
+
+def test_device_feed_from_the_data_layer_reproduces_solver_step(tmp_path):
+    """The net's own Data layer (Solver.step) and a DeviceFeed of the same layer into TrainStep: same
+    images, crops, mirrors, hence the same weights, across a feed restore."""
+    rng = np.random.RandomState(0)
+    write_store(tmp_path / "train", rng.randint(0, 256, (40, 3, 64, 64)).astype(np.uint8), rng.randint(0, 20, 40))
+    net = read_net(SMALL)
+    for layer in net.layer:
+        if layer.type == "Data":
+            layer.data_param.source = str(tmp_path / "train")
+            layer.transform_param.ClearField("mean_file")
+            layer.transform_param.mean_value.extend([104, 117, 123])
+            layer.data_param.batch_size = 8
+    a = Solver(solver_param(net, lr=0.001))
+    a.step(7)
+    fnet, replaced = feedable(net, "TRAIN")
+    b = Solver(solver_param(fnet, lr=0.001))
+    step = TrainStep(b, fused_lrn=False)
+    feed = DeviceFeed.from_layer(replaced["data"], "TRAIN", workers=1)
+    for _ in range(3):
+        step.step(next(feed))
+    state = feed.state_dict()
+    feed.close()
+    feed = DeviceFeed.from_layer(replaced["data"], "TRAIN", workers=1)
+    feed.load_state_dict(state)
+    for _ in range(4):
+        step.step(next(feed))
+    feed.close()
+    assert_same_params(a, b)
+
+
+# ------------------------------------------------------------------------------------------ fast mode
+
+
+def test_fast_mode_keeps_faithful_defaults_and_float32_masters():
+    net, _ = feedable(SMALL, "TRAIN", batch_size=8)
+    s = Solver(solver_param(net, lr=0.001))
+    assert is_faithful()
+    TrainStep(s)  # the plain plan changes no global setting
+    assert is_faithful()
+    step = fast_step(s, FastMode(bf16=True, channels_last=True))
+    assert not is_faithful()
+    losses = [float(step.step(x)) for x in batches(3)]
+    assert all(np.isfinite(losses))
+    conv = s.net.params["conv2"][0]
+    assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
+    assert s.history["conv2"][0].is_contiguous(memory_format=torch.channels_last)
+    # bf16 forward, float32 loss: the first loss is the faithful one to bf16 precision
+    ref = Solver(solver_param(net, lr=0.001))
+    ref_loss = float(TrainStep(ref, fused_lrn=False).forward_backward(batches(1)[0]))
+    assert losses[0] == pytest.approx(ref_loss, rel=3e-2)
+    apply_numerics(FAITHFUL)
+    assert is_faithful()
+
+
+# ------------------------------------------------------------------------------------------ golden + GPU
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_golden_g1_through_the_plan_with_fused_lrn(golden, device):
+    """Caffe's own G1 forward/backward (CaffeNet, two LRNs) through NetPlan with the fused LRN: loss and every
+    parameter gradient within the 1e-5 parity of tests/test_golden_g1.py."""
+    from repro.net import Net
+
+    g1 = np.load(golden / "g1_caffenet_fwd_bwd.npz")
+    net = Net(golden / "g1_net.prototxt", "TRAIN", weights=golden / "g1_weights.caffemodel").to(device)
+    plan = NetPlan(net, fused_lrn=True)
+    loss, out = plan({"data": torch.from_numpy(g1["data"]), "label": torch.from_numpy(g1["label"])})
+    loss.backward()
+    assert rel(loss.detach().cpu()[None], torch.from_numpy(g1["loss"][None])) <= 1e-5
+    for layer in ("conv1", "conv2", "conv5", "fc6", "fc8"):
+        for j in (0, 1):
+            assert rel(net.params[layer][j].grad.cpu(), torch.from_numpy(g1[f"grad/{layer}/{j}"])) <= 1e-5, layer
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_feed_and_step_match_the_cpu(tmp_path):
+    """The side-stream copy/transform gives the CPU's batches; faithful TrainStep on CUDA tracks the CPU."""
+    rng = np.random.RandomState(1)
+    store = write_store(tmp_path / "s", rng.randint(0, 256, (64, 3, 64, 64)).astype(np.uint8), rng.randint(0, 20, 64))
+    from repro.data.transform import TransformSpec
+
+    spec = TransformSpec(crop_size=56, mirror=True, mean_value=(104.0, 117.0, 123.0))
+    cpu = DeviceFeed(store, 16, spec, seed=4, device="cpu")
+    gpu = DeviceFeed(store, 16, spec, seed=4, device="cuda")
+    got = []
+    for _ in range(6):
+        a, b = next(cpu), next(gpu)
+        assert torch.equal(a["data"], b["data"].cpu()) and torch.equal(a["label"], b["label"].cpu())
+        got.append(a)
+    cpu.close()
+    gpu.close()
+    net, _ = feedable(SMALL, "TRAIN", batch_size=16)
+    for layer in net.layer:
+        if layer.type == "Dropout":
+            layer.dropout_param.dropout_ratio = 0.0  # CPU and CUDA dropout streams differ
+    a = Solver(solver_param(net, lr=0.001))
+    b = Solver(solver_param(net, lr=0.001), device="cuda")
+    sa, sb = TrainStep(a, fused_lrn=False), TrainStep(b)  # CUDA: fused LRN by default
+    for x in got:
+        sa.step(x)
+        sb.step(x)
+    assert_same_params(a, b, tol=1e-4)
+    assert is_faithful()

@@ -1,0 +1,47 @@
+"""Train one net on several GPUs (or CPU processes) with DistributedDataParallel, Caffe's update unchanged.
+
+  torchrun --nproc_per_node 4 tools/train_ddp.py --solver prototxt/caffenet/solver.prototxt --out runs/caffenet
+  torchrun --nproc_per_node 2 tools/train_ddp.py --solver S --out DIR --device cpu      # gloo, for testing
+
+The global batch stays the prototxt's batch_size (the paper's 256), split evenly over the processes, so the
+result does not depend on the GPU count (repro/distributed.py). The run folder is the one tools/train_base.py
+writes (repro.train.run); running the same command again resumes from the newest snapshot, on any process
+count that divides the batch. --fused-lrn / --no-fused-lrn choose the LRN implementation (default: fused on
+CUDA); training stays faithful float32.
+"""
+import argparse
+import sys
+
+import torch.distributed as dist
+
+from repro.distributed import run_ddp
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--solver", required=True, help="solver prototxt (its net's Data layer reads a store)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--weights", help="a .caffemodel copied into the TRAIN net by layer name before training")
+    p.add_argument("--data-root", help="folder the prototxt's relative data paths start from (default: here)")
+    p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
+    p.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK when CUDA is there)")
+    p.add_argument("--backend", help="nccl or gloo (default: nccl on CUDA, gloo on CPU)")
+    p.add_argument("--fused-lrn", dest="fused_lrn", action="store_true", default=None)
+    p.add_argument("--no-fused-lrn", dest="fused_lrn", action="store_false")
+    p.add_argument("--no-onnx", action="store_true", help="do not write final.onnx")
+    a = p.parse_args(argv)
+    try:
+        result = run_ddp(a.solver, a.out, weights=a.weights, device=a.device, backend=a.backend,
+                         data_root=a.data_root, max_iter=a.max_iter, onnx=not a.no_onnx, fused_lrn=a.fused_lrn,
+                         record={"tool": "train_ddp"})
+    except (ValueError, OSError) as e:  # DistributedError, SolverError, DataLayerError, FeedError ...
+        sys.exit(f"train_ddp: {e}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    if result is not None:
+        print(f"train_ddp: {result.get('status', 'finished')} in {a.out}")
+
+
+if __name__ == "__main__":
+    main()
