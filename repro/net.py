@@ -299,8 +299,13 @@ class Net(nn.Module):
         of this net; layers of the file the net lacks are ignored, layers of the net the file lacks keep
         their initialisation (how a renamed ``conv4-new`` is re-initialised). A blob count or shape that
         differs is an error naming the layer and both shapes. Returns the names of the layers whose blobs were
-        copied."""
-        weights = caffemodel.read_caffemodel(path)
+        copied. An ``.onnx`` file we exported is read the same way, from its initializers by layer name."""
+        if os.fspath(path).endswith(".onnx"):
+            from .onnx_import import read_onnx_weights  # lazy: onnx is only needed for ONNX files
+
+            weights = read_onnx_weights(path)
+        else:
+            weights = caffemodel.read_caffemodel(path)
         copied = []
         for name, arrays in weights.items():
             if name not in self.top_names:
@@ -322,6 +327,14 @@ class Net(nn.Module):
                                f"{tuple(arr.shape)}, the net's layer has shape {shape}")
             with torch.no_grad():
                 blob.copy_(torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape))
+
+    @classmethod
+    def from_onnx(cls, path, phase="TEST", input_shape=None) -> "Net":
+        """Rebuild a runnable Net from an ONNX file: one we exported (its embedded prototxt + initializers) or a
+        plain AlexNet-like graph (see repro/onnx_import.py for the operators it maps)."""
+        from .onnx_import import net_from_onnx
+
+        return net_from_onnx(path, phase=phase, input_shape=input_shape)
 
     def save(self, path) -> None:
         """Write the weights as a .caffemodel (Caffe's ``Net::ToProto``: every layer, with its blobs)."""

@@ -341,13 +341,28 @@ def test_onnx_transfer_equals_caffemodel_transfer(g1_file, golden):
     text = (golden / "g1_net.prototxt").read_text()
     for layer in ("conv4", "conv5", "fc6", "fc7", "fc8"):
         text = text.replace(f'name: "{layer}"', f'name: "{layer}-new"')
-    direct, via_study, via_io = (Net(text, phase="TRAIN", seed=5) for _ in range(3))
+    direct, via_study, via_io, via_net = (Net(text, phase="TRAIN", seed=5) for _ in range(4))
     copied = direct.copy_from(golden / "g1_weights.caffemodel")
     assert [n for n in copied if direct.params.get(n)] == ["conv1", "conv2", "conv3"]
     assert load_base(via_study, g1_file[0]) == copy_from_onnx(via_io, g1_file[0]) == ["conv1", "conv2", "conv3"]
+    assert [n for n in via_net.copy_from(g1_file[0]) if via_net.params.get(n)] == ["conv1", "conv2", "conv3"]
     for name, blobs in direct.params.items():
-        for a, b, c in zip(blobs, via_study.params[name], via_io.params[name]):
-            assert a.detach().numpy().tobytes() == b.detach().numpy().tobytes() == c.detach().numpy().tobytes(), name
+        for a, b, c, d in zip(blobs, via_study.params[name], via_io.params[name], via_net.params[name]):
+            assert (a.detach().numpy().tobytes() == b.detach().numpy().tobytes() == c.detach().numpy().tobytes()
+                    == d.detach().numpy().tobytes()), name
+
+
+def test_net_from_onnx_classmethod(g1_file, golden):
+    """repro.Net.from_onnx is the pycaffe-side spelling of net_from_onnx."""
+    import torch
+
+    import repro
+
+    net = repro.Net.from_onnx(g1_file[0])
+    z = np.load(golden / "g1_caffenet_fwd_bwd.npz")
+    with torch.no_grad():
+        out = net(data=torch.from_numpy(z["data"][:1]))
+    assert _rel(out["fc8"].numpy(), z["blob/fc8"][:1]) < 1e-5
 
 
 @pytest.mark.parametrize("matmul,reshape", [(False, False), (True, True)])
