@@ -13,14 +13,13 @@ compare shapes directly; legacy blobs of any other layer type are returned with 
 """
 import collections
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from google.protobuf import message as pb_message
 
 from repro.proto import caffe_pb2
+from repro.atomic import atomic_write_bytes
 
 __all__ = ["WeightsError", "SolverState", "read_caffemodel", "write_caffemodel", "read_mean", "write_mean",
            "read_solverstate", "write_solverstate", "blob_to_array", "array_to_blob"]
@@ -113,21 +112,6 @@ def _read_message(path, msg):
     return msg
 
 
-def _atomic_write(path, data):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        # mkstemp makes the file owner-only; give it the mode a plain open() would (or the old file's).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _records(net):
     """(name, type, blobs) of each layer record: V2 `layer`, V1 `layers`, or V0 `layers { layer }`."""
     if net.layer:
@@ -183,7 +167,7 @@ def write_caffemodel(path, net_name, layers):
         layer.top.extend(tops)
         for arr in arrays:
             array_to_blob(arr, layer.blobs.add())
-    _atomic_write(path, net.SerializeToString())
+    atomic_write_bytes(path, net.SerializeToString())
 
 
 def read_mean(path):
@@ -212,7 +196,7 @@ def write_mean(path, arr):
         raise TypeError(f"a mean is float32; got {arr.dtype}")
     blob = caffe_pb2.BlobProto(num=1, channels=arr.shape[0], height=arr.shape[1], width=arr.shape[2])
     blob.data.extend(arr.ravel().tolist())
-    _atomic_write(path, blob.SerializeToString())
+    atomic_write_bytes(path, blob.SerializeToString())
 
 
 def read_solverstate(path):
@@ -233,4 +217,4 @@ def write_solverstate(path, state):
     msg = caffe_pb2.SolverState(iter=state.iter, learned_net=state.learned_net, current_step=state.current_step)
     for arr in state.history:
         array_to_blob(arr, msg.history.add())
-    _atomic_write(path, msg.SerializeToString())
+    atomic_write_bytes(path, msg.SerializeToString())

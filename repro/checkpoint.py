@@ -13,16 +13,15 @@ leaves either the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
-import os
 import random
 import re
-import tempfile
 from collections import OrderedDict
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
+
+from .atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401  (the run writes through these)
 
 STATE_FORMAT = "repro-solverstate"
 STATE_VERSION = 1
@@ -34,39 +33,6 @@ class CheckpointError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------- atomic writes
-
-
-def atomic_write(path: str | Path, write: Callable[[str], None]) -> Path:
-    """Call ``write(tmp_path)`` on a temporary file beside ``path``, fsync it, then rename it over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file what open() would
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    return atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:

@@ -13,13 +13,13 @@ import difflib
 import warnings
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
 from repro.proto import caffe_pb2
+from repro.atomic import atomic_write_text
 from repro.upgrade import PrototxtError, PrototxtWarning, upgrade_net_with_origins, upgrade_solver
 
 __all__ = ["SUPPORTED_LAYER_TYPES", "PrototxtError", "PrototxtWarning", "read_net", "read_solver",
@@ -376,15 +376,4 @@ def write_text(msg, path):
     if not isinstance(msg, pb_message.Message):
         raise TypeError(f"expected a protobuf message, got {type(msg).__name__}")
     text = text_format.MessageToString(msg)  # floats print as the shortest text that reads back exactly
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent or ".")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        # mkstemp makes the file owner-only; give it the mode a plain open() would (or the old file's).
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text)

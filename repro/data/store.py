@@ -23,11 +23,12 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
+from ..atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported for the data package)
 
 FORMAT, VERSION = "repro-store", 1
 MANIFEST, IMAGES, LABELS, NAMES, BAD = "manifest.json", "images.u8", "labels.npy", "files.txt", "bad_files.txt"
@@ -35,24 +36,6 @@ MANIFEST, IMAGES, LABELS, NAMES, BAD = "manifest.json", "images.u8", "labels.npy
 
 class StoreError(ValueError):
     """A store folder that is missing, incomplete or inconsistent."""
-
-
-def atomic_write_bytes(path: Path, data: bytes):
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str):
-    atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
 
 
 def atomic_save_npy(path: Path, arr: np.ndarray):
