@@ -52,7 +52,7 @@ def main(argv=None):
         sys.exit(f"train_base: {e}")
     score = result.get("score")
     print(f"{result['cell']}: {result['status']} in {result['run_dir']}"
-          + (f"; mean of the 10 best test top-1: {score:.4f}" if score is not None else ""))
+          + (f"; mean of the (up to) 10 best test top-1: {score:.4f}" if score is not None else ""))
 
 
 if __name__ == "__main__":

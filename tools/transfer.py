@@ -44,7 +44,7 @@ def main(argv=None):
     except (ValueError, OSError) as e:  # GridError, StudyError, PrototxtError, WeightsError, ...
         sys.exit(f"transfer: {e}")
     print(f"{r['cell']}: {r['status']} in {r['run_dir']}" +
-          (f"; mean of the 10 best test top-1: {r['score']:.4f}" if r.get("score") is not None else ""))
+          (f"; mean of the (up to) 10 best test top-1: {r['score']:.4f}" if r.get("score") is not None else ""))
 
 
 if __name__ == "__main__":
