@@ -28,3 +28,13 @@ def golden(shared) -> Path:
     if not p.is_dir():
         pytest.skip("golden Caffe data (../shared/golden) is absent")
     return p
+
+
+def load_tool(name: str):
+    """Import tools/<name>.py as a module (the tools are scripts, not a package), to call its main()."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """The grid scheduler: selection, dependency order, one net per device, skip finished, resume unfinished, and
 a failed base net stopping only the nets that copy it."""
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,14 +10,10 @@ from repro.grid import all_cells, cell_from_name
 from repro.scheduler import format_plan, mini_cells, plan, run_plan, select_cells
 from repro.study import builtin_study, run_cell
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_tool
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 def tiny_study(root: Path):

@@ -1,7 +1,6 @@
 """A transfer net as the paper built it: the realised prototxts against the paper's own files, and the weight
 copy proven on a short run (frozen layers bit-identical to the base, fine-tuned ones copied then moved,
 re-initialised ones fresh)."""
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -14,14 +13,10 @@ from repro.grid import cell_from_name
 from repro.prototxt import read_net, read_solver
 from repro.study import StudyError, builtin_study, run_cell, scale_solver
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import load_tool
 
 
-def _tool(name):
-    spec = importlib.util.spec_from_file_location(f"tools_{name}", REPO / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+_tool = load_tool
 
 
 transfer_tool = _tool("transfer")
