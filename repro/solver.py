@@ -25,6 +25,7 @@ import torch
 from .sgd import SolverError, clip_gradients_, sgd_update_  # noqa: F401
 
 _f32 = np.float32
+_MAX_PENDING = 256  # iterations whose losses may wait on the device before one read-back
 
 
 # ------------------------------------------------------------------------------------------------ the solver
@@ -110,8 +111,12 @@ class Solver:
         self.snapshot_prefix = self._snapshot_prefix()
         self.iter = 0
         self.lr: float | None = None
-        self.smoothed_loss: float | None = None
+        self._smoothed_loss: float | None = None
         self._losses: list[float] = []
+        # Losses of the iterations since the last read-back, kept on the device as (iteration, tensor):
+        # reading a CUDA loss every iteration would stall the GPU, so they come back once per display.
+        self._pending: list[tuple[int, torch.Tensor]] = []
+        self._start_iter = 0
         self.callbacks: list = []  # fn(event dict); event["type"] in {"train", "test", "snapshot"}
         self._stop_requested = False
         # Caffe's learnable params in net order with their multipliers, each with a zero history blob.
@@ -206,13 +211,16 @@ class Solver:
         ApplyUpdate, ++iter, snapshot (every ``snapshot``)."""
         p = self.param
         stop_iter, start_iter = self.iter + int(iters), self.iter
-        self._losses, self.smoothed_loss = [], None  # Caffe resets the smoothing window in every Step call
+        # Caffe resets the smoothing window in every Step call
+        self._losses, self._smoothed_loss, self._pending, self._start_iter = [], None, [], start_iter
         while self.iter < stop_iter:
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
             display = bool(p.display) and self.iter % p.display == 0
-            loss, outputs = self._forward_backward(feed)
-            self._update_smoothed_loss(loss, start_iter)
+            loss, outputs = self._forward_backward(feed, outputs=display)
+            self._pending.append((self.iter, loss))
+            if len(self._pending) >= _MAX_PENDING:
+                self._flush_losses()
             rate = self.apply_update()
             if display:
                 self._emit({"type": "train", "iter": self.iter, "loss": self.smoothed_loss, "lr": rate,
@@ -237,7 +245,8 @@ class Solver:
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
                 self.net(**_inputs(feed, self.iter * p.iter_size))
-            self._update_smoothed_loss(float(self._total_loss()), start_iter)
+            self._flush_losses()
+            self._update_smoothed_loss(float(self._total_loss()), start_iter, self.iter)
             self._emit({"type": "train", "iter": self.iter, "loss": self.smoothed_loss, "lr": self.lr,
                         "outputs": _scalars(self._last_outputs())})
         if p.test_interval and self.iter % p.test_interval == 0:
@@ -252,30 +261,53 @@ class Solver:
     def _last_outputs(self) -> dict:
         return {b: self.net.blobs[b] for b in self.net.outputs if b in self.net.blobs}
 
-    def _forward_backward(self, feed):
+    def _forward_backward(self, feed, outputs: bool = True):
         """Caffe: ClearParamDiffs, then iter_size x Net::ForwardBackward with the diffs accumulating; the
-        mean loss is computed in float, as Caffe's ``Dtype loss``."""
+        mean loss is computed in float, as Caffe's ``Dtype loss``. Returns the loss as a float32 device
+        tensor (not read back here: see ``_pending``) and, when asked, the output blobs as numbers."""
         for _, _, w, _, _ in self._blobs:
             w.grad = None
         n = self.param.iter_size
-        total = _f32(0)
+        total = None
         for j in range(n):
             self.net(**_inputs(feed, self.iter * n + j))
             loss = self._total_loss()
             loss.backward()
-            total = _f32(total + _f32(loss.item()))
-        return float(total / _f32(n)), _scalars(self._last_outputs())
+            term = loss.detach().to(torch.float32)
+            total = term if total is None else total + term  # float32 sums in pass order, as Caffe's
+        return total / n, (_scalars(self._last_outputs()) if outputs else None)
 
-    def _update_smoothed_loss(self, loss: float, start_iter: int) -> None:
+    def _flush_losses(self) -> None:
+        """Read the pending losses back in one transfer and fold them into the smoothed loss in order."""
+        if not self._pending:
+            return
+        its, losses = zip(*self._pending)
+        self._pending = []
+        for it, v in zip(its, torch.stack(losses).cpu().numpy()):
+            self._update_smoothed_loss(float(v), self._start_iter, it)
+
+    @property
+    def smoothed_loss(self) -> float | None:
+        """Caffe's smoothed training loss (the mean of the last ``average_loss`` iterations' losses)."""
+        self._flush_losses()
+        return self._smoothed_loss
+
+    @smoothed_loss.setter
+    def smoothed_loss(self, value: float | None) -> None:  # a driver that smooths by itself (distributed.py)
+        self._pending = []
+        self._smoothed_loss = value
+
+    def _update_smoothed_loss(self, loss: float, start_iter: int, it: int) -> None:
         """Caffe: Solver::UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
         k = self.param.average_loss
         if len(self._losses) < k:
             self._losses.append(loss)
             size = len(self._losses)
-            self.smoothed_loss = float((_f32(self.smoothed_loss or 0) * (size - 1) + _f32(loss)) / _f32(size))
+            self._smoothed_loss = float((_f32(self._smoothed_loss or 0) * (size - 1) + _f32(loss)) / _f32(size))
         else:
-            idx = (self.iter - start_iter) % k
-            self.smoothed_loss = float(_f32(self.smoothed_loss) + (_f32(loss) - _f32(self._losses[idx])) / _f32(k))
+            idx = (it - start_iter) % k
+            self._smoothed_loss = float(_f32(self._smoothed_loss) + (_f32(loss) - _f32(self._losses[idx]))
+                                        / _f32(k))
             self._losses[idx] = loss
 
     @torch.no_grad()

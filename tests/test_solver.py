@@ -226,6 +226,26 @@ def test_display_events_and_smoothed_loss(tmp_path):
     assert [e["iter"] for e in ev2] == [0, 2, 4]
 
 
+def test_losses_read_back_once_per_display_keep_caffes_smoothing(tmp_path):
+    """Each iteration's loss stays on the device until a display (a read-back per iteration would stall a GPU);
+    the smoothed loss then reported is exactly the one of reading every iteration."""
+    import repro
+
+    feeds = batches(4)
+    every = repro.Solver(write_solver(tmp_path, "average_loss: 2\ndisplay: 1", name="every.prototxt"))
+    ev1 = []
+    every.add_callback(ev1.append)
+    every.step(5, feed=lambda i: feeds[i % 4])
+    sparse = repro.Solver(write_solver(tmp_path, "average_loss: 2\ndisplay: 3", name="sparse.prototxt"))
+    ev3 = []
+    sparse.add_callback(ev3.append)
+    sparse.step(5, feed=lambda i: feeds[i % 4])
+    assert [e["iter"] for e in ev3] == [0, 3]
+    assert [e["loss"] for e in ev3] == [ev1[0]["loss"], ev1[3]["loss"]]  # bitwise, not approx
+    assert len(sparse._pending) == 1  # iteration 4's loss is still on the device
+    assert sparse.smoothed_loss == every.smoothed_loss and not sparse._pending
+
+
 def test_old_field_names_and_testing_schedule(tmp_path):
     import repro
 
