@@ -131,7 +131,7 @@ def tensors_by_layer(named: "OrderedDict[str, list[torch.Tensor]]") -> "OrderedD
 
 def data_state(net) -> dict:
     """The cursor (and transform RNG) of each Data layer reader a Net has opened, by layer name."""
-    feeders = getattr(net, "_feeders", {}) or {}
+    feeders = getattr(net, "feeders", None) or {}
     return {name: f.state_dict() for name, f in feeders.items() if hasattr(f, "state_dict")}
 
 

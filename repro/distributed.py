@@ -255,7 +255,7 @@ def distributed_solver(solver_param, *, device, rank: int, world: int, data_root
     (name, lp), = replaced.items()
     feed = DeviceFeed.from_layer(lp, "TRAIN", data_root, seed=solver.seed, device=device, shard=(rank, world))
     # The feed's cursor and draws go into the snapshots with the Net's own readers (checkpoint.data_state).
-    solver.net._feeders[name] = feed
+    solver.net.feeders[name] = feed
     return solver, feed
 
 
@@ -326,17 +326,17 @@ def run_ddp(solver, out_dir, *, weights=None, device=None, backend=None, data_ro
         if rec["type"] in ("train", "test"):
             jlog.write({**rec, "time": round(time.time(), 3)})
         elif rec["type"] == "snapshot":
-            T._prune_states(out / Path(T.SNAPSHOT_PREFIX).parent, keep_states)
-        say(T._console(rec))
+            T.prune_states(out / Path(T.SNAPSHOT_PREFIX).parent, keep_states)
+        say(T.console_line(rec))
 
     s.add_callback(on_event)
-    with T._StopOnSignal(s, say):
+    with T.StopOnSignal(s, say):
         trainer.solve()
     feed.close()
     if s.stop_requested:
         say(f"{out}: stopped at iteration {s.iter}; run again to resume")
         return {"status": "stopped", "iter": s.iter} if rank == 0 else None
-    result = T._finish(s, out, jlog, onnx, say) if rank == 0 else None
+    result = T.finish_run(s, out, jlog, onnx, say) if rank == 0 else None
     dist.barrier()
     return result
 

@@ -328,6 +328,17 @@ class Net(nn.Module):
             with torch.no_grad():
                 blob.copy_(torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape))
 
+    @property
+    def feeders(self) -> dict:
+        """Data-layer name → the feeder that fills its tops (made on first use; a training driver may put its
+        own feeder here, e.g. repro.fast_data.DeviceFeed, and snapshots save every feeder's cursor)."""
+        return self._feeders
+
+    @property
+    def inputs_needing_grad(self) -> set:
+        """Net inputs that get a gradient (force_backward and a consumer that propagates down)."""
+        return {b for b, need in self._input_needs_grad.items() if need and self.force_backward}
+
     @classmethod
     def from_onnx(cls, path, phase="TEST", input_shape=None) -> "Net":
         """Rebuild a runnable Net from an ONNX file: one we exported (its embedded prototxt + initializers) or a

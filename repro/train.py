@@ -200,7 +200,7 @@ def summarise(records: list[dict]) -> dict:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-class _StopOnSignal:
+class StopOnSignal:
     """SIGINT / SIGTERM ask the solver to stop after the current iteration (it then snapshots, as Caffe's
     `caffe train` does on SIGINT); a second SIGINT interrupts at once (the last snapshot is still intact)."""
 
@@ -230,7 +230,7 @@ def threading_main() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def _prune_states(snapdir: Path, keep: int | None) -> None:
+def prune_states(snapdir: Path, keep: int | None) -> None:
     """Keep the newest ``keep`` resume states (.state.pt + .solverstate); every .caffemodel stays."""
     if keep is None:
         return
@@ -241,7 +241,7 @@ def _prune_states(snapdir: Path, keep: int | None) -> None:
             p.unlink(missing_ok=True)
 
 
-def _console(rec: dict) -> str:
+def console_line(rec: dict) -> str:
     if rec["type"] == "train":
         return f"Iteration {rec['iter']}, loss = {rec['loss']:.6g}, lr = {rec['lr']:.6g}"
     if rec["type"] in ("test", "eval"):
@@ -312,19 +312,19 @@ def run(solver, out_dir, *, weights=None, init=None, device=None, data_root=None
         if rec["type"] in ("train", "test"):
             jlog.write({**rec, "time": round(time.time(), 3)})
         elif rec["type"] == "snapshot":
-            _prune_states(out / Path(SNAPSHOT_PREFIX).parent, keep_states)
-        log(_console(rec))
+            prune_states(out / Path(SNAPSHOT_PREFIX).parent, keep_states)
+        log(console_line(rec))
 
     s.add_callback(on_event)
-    with _StopOnSignal(s, log):
+    with StopOnSignal(s, log):
         s.solve()
     if s.stop_requested:
         log(f"{out}: stopped at iteration {s.iter}; run again to resume")
         return {"status": "stopped", "iter": s.iter}
-    return _finish(s, out, jlog, onnx, log)
+    return finish_run(s, out, jlog, onnx, log)
 
 
-def _finish(s, out: Path, jlog: JsonLog, onnx: bool, log) -> dict:
+def finish_run(s, out: Path, jlog: JsonLog, onnx: bool, log) -> dict:
     """summary.json, the single-pass evaluation, final.onnx, then final.pt and final.caffemodel (last)."""
     evaluation = None
     if s.test_nets:
@@ -334,7 +334,7 @@ def _finish(s, out: Path, jlog: JsonLog, onnx: bool, log) -> dict:
             log(f"single-pass evaluation skipped: {e}")
         if evaluation is not None:
             jlog.write({**evaluation, "time": round(time.time(), 3)})
-            log(_console(evaluation))
+            log(console_line(evaluation))
     summary = {"status": "finished", "iter": s.iter, **summarise(jlog.records()), "eval": evaluation,
                "train_loss": s.smoothed_loss}
     if onnx:

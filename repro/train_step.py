@@ -80,7 +80,7 @@ class NetPlan:
     # ------------------------------------------------------------------------------------------ planning
 
     def _plan(self, net) -> list[_Step]:
-        grad_blobs = {b for b in net.inputs if net.force_backward and net._input_needs_grad.get(b)}
+        grad_blobs = net.inputs_needing_grad
         steps = []
         for name in net.layer_names:
             layer = net.layer(name)
