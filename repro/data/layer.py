@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from .caffedb import DatumDB, db_kind
-from .loader import DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, _pin_default
+from .loader import CursorState, DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, _pin_default
 from .sources import read_list
 from .store import Store, is_store
 from .transform import CaffeRand, TransformSpec, Transformer
@@ -56,7 +56,7 @@ def _derive(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([seed & 0xFFFFFFFFFFFFFFFF, stream]).generate_state(1)[0])
 
 
-class DataLayerFeeder:
+class DataLayerFeeder(CursorState):
     """Feeds one Data / ImageData layer. `next_batch()` -> {top name: torch.Tensor}."""
 
     def __init__(self, layer_param, phase: str, base_dir: str | os.PathLike | None = None, *,
@@ -152,18 +152,14 @@ class DataLayerFeeder:
         return self.source.known_len if isinstance(self.source, DatumDBSource) else len(self.source)
 
     def state_dict(self) -> dict:
-        return {"batches": self._pf.k, "skip": self.skip, "seed": self.seed, "count": self._count(),
-                "transform": self.transformer.state_dict()}
+        return self._cursor_state(count=self._count())
 
     def load_state_dict(self, d: dict):
         count = self._count()
         if (None not in (d["count"], count) and d["count"] != count) or d["seed"] != self.seed:
             raise DataLayerError(f"layer {self.name!r}: state is for {d['count']} records with seed {d['seed']}, "
                                  f"this source has {count} (seed {self.seed})")
-        self.skip = int(d["skip"])
-        self._pf.start = self.skip
-        self._pf.seek(int(d["batches"]))
-        self.transformer.load_state_dict(d["transform"])
+        self._restore_cursor(d)
 
     def close(self):
         self._pf.close()

@@ -217,7 +217,23 @@ def _pin_default(device: torch.device) -> bool:
 
 
 # ------------------------------------------------------------------------------------------------ Loader
-class Loader:
+class CursorState:
+    """Save/restore of a sequential reader's position, shared by Loader and DataLayerFeeder: the batches
+    taken, the records skipped at the start (rand_skip), the seed and the transform's random stream. Each
+    reader adds its own identity fields and checks them before ``_restore_cursor``."""
+
+    def _cursor_state(self, **identity) -> dict:
+        return {"batches": self._pf.k, "skip": self.skip, "seed": self.seed, **identity,
+                "transform": self.transformer.state_dict()}
+
+    def _restore_cursor(self, d: dict) -> None:
+        self.skip = int(d["skip"])
+        self._pf.start = self.skip
+        self._pf.seek(int(d["batches"]))
+        self.transformer.load_state_dict(d["transform"])
+
+
+class Loader(CursorState):
     """Batches of a Store, transformed like Caffe's DataLayer, on `device`.
 
     Each `next(loader)` returns {"data": float32 N×C×crop×crop, "label": float32 (N,)} on `device`.
@@ -275,17 +291,13 @@ class Loader:
         return -(-len(self.store) // self.batch_size)
 
     def state_dict(self) -> dict:
-        return {"batches": self._pf.k, "skip": self.skip, "seed": self.seed, "shuffle": self.order.shuffle,
-                "count": len(self.store), "transform": self.transformer.state_dict()}
+        return self._cursor_state(shuffle=self.order.shuffle, count=len(self.store))
 
     def load_state_dict(self, d: dict):
         if d["count"] != len(self.store) or d["shuffle"] != self.order.shuffle or d["seed"] != self.seed:
             raise ValueError(f"loader state is for {d['count']} images (shuffle={d['shuffle']}, seed={d['seed']});"
                              f" this loader has {len(self.store)} (shuffle={self.order.shuffle}, seed={self.seed})")
-        self.skip = int(d["skip"])
-        self._pf.start = self.skip
-        self._pf.seek(int(d["batches"]))
-        self.transformer.load_state_dict(d["transform"])
+        self._restore_cursor(d)
 
     def close(self):
         self._pf.close()
