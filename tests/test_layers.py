@@ -461,8 +461,8 @@ def test_conv_with_caffe_weight_gradient_is_exact_conv():
     assert torch.equal(_ConvCaffeWgrad.apply(x, w, b, *conf), torch.nn.functional.conv2d(x, w, b, *conf))
 
 
-@pytest.mark.parametrize("max_elems", [1 << 26, 500])  # one chunk, and one sample per chunk
-def test_im2col_weight_gradient(max_elems):
+@pytest.mark.parametrize("per_chunk", [3, 1, 2])  # one chunk; one sample per chunk; chunks of 2 and 1
+def test_im2col_weight_gradient(per_chunk):
     from repro.layers.vision import conv_weight_grad_im2col
 
     x = torch.randn(3, 4, 10, 9, dtype=torch.float64)
@@ -471,4 +471,7 @@ def test_im2col_weight_gradient(max_elems):
     y = torch.nn.functional.conv2d(x, w, None, *conf)
     gy = torch.randn_like(y)
     y.backward(gy)
+    # A sample's working set: its column buffer (groups * ckk * L) or its partial product (C_out * ckk).
+    ckk, length = 2 * 3 * 2, y.shape[2] * y.shape[3]
+    max_elems = per_chunk * max(2 * ckk * length, 6 * ckk)
     torch.testing.assert_close(conv_weight_grad_im2col(x, gy, tuple(w.shape), *conf, max_elems=max_elems), w.grad)
