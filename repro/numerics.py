@@ -44,7 +44,19 @@ def set_faithful(enabled: bool = True) -> None:
         torch.backends.cudnn.deterministic = enabled
         # warn_only: an operation without a deterministic implementation warns instead of failing a run.
         _set_deterministic(enabled)
+        _set_fill_uninitialized(not enabled)
     _state["faithful"] = enabled
+
+
+def _set_fill_uninitialized(fill: bool) -> None:
+    """Deterministic mode also makes PyTorch fill every new tensor with NaN before the op writes it, a guard
+    against kernels that read memory they never wrote. Our layers write every element of what they allocate
+    (as Caffe's, which has no such guard), so faithful mode turns the fill off: it was 4-5% of a CPU training
+    step of the small net (benchmarks/profile_step.py) and costs a full extra write of every new blob on a
+    GPU. ``set_faithful(False)`` puts back PyTorch's default (on; it only acts under deterministic mode)."""
+    flags = getattr(torch.utils, "deterministic", None)
+    if flags is not None and hasattr(flags, "fill_uninitialized_memory"):
+        flags.fill_uninitialized_memory = fill
 
 
 def _set_deterministic(enabled: bool) -> None:
@@ -91,6 +103,8 @@ def numerics_state() -> dict:
         "faithful": is_faithful(),
         "tf32": tf32_enabled(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
+        "fill_uninitialized_memory": bool(getattr(getattr(torch.utils, "deterministic", None),
+                                                  "fill_uninitialized_memory", True)),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "torch": torch.__version__,

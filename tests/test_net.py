@@ -306,8 +306,11 @@ def test_net_makes_numerics_faithful():
     set_faithful(False)
     try:
         assert numerics_state()["tf32"]  # PyTorch's default: TF32 for cuDNN convolutions
+        assert numerics_state()["fill_uninitialized_memory"]  # PyTorch's default (acts only when deterministic)
         Net(TINY, "TEST")
         state = numerics_state()
         assert state["faithful"] and not state["tf32"] and state["deterministic"] and precise_cuda_wgrad()
+        # Deterministic without the NaN fill of every new tensor (a pure cost: our ops write all they allocate).
+        assert not state["fill_uninitialized_memory"] and not torch.utils.deterministic.fill_uninitialized_memory
     finally:
         set_faithful(True)
