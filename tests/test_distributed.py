@@ -66,8 +66,20 @@ def _weights(run_dir):
     return torch.load(Path(run_dir) / "final.pt")["weights"]
 
 
-def _max_rel(a, b):
-    return max(float((x - y).abs().max() / x.abs().max().clamp(min=1e-12)) for k in a for x, y in zip(a[k], b[k]))
+def _max_rel(a, b, skip=()):
+    return max(float((x - y).abs().max() / x.abs().max().clamp(min=1e-12))
+               for k in a for i, (x, y) in enumerate(zip(a[k], b[k])) if (k, i) not in skip)
+
+
+# Same net, same global batch, summed in a different float32 order. conv1's weight gradient on the CPU
+# (oneDNN) carries ~1e-5 relative rounding of its own (benchmarks/conv_wgrad.py, err_conv1_native) and its
+# blocking changes with the per-process batch, so conv1's weights get a looser bound than every other tensor.
+CONV1_W = ("conv1", 0)
+
+
+def _assert_same_training(a, b):
+    assert _max_rel(a, b, skip={CONV1_W}) < 1e-6
+    assert _max_rel({"conv1": a["conv1"][:1]}, {"conv1": b["conv1"][:1]}) < 1e-5
 
 
 def _torchrun(study, out, nproc, device="cpu"):
@@ -142,8 +154,7 @@ def test_one_process_group_is_bitwise_the_solver(study, tmp_path):
 def test_two_processes_train_the_single_process_net(study, single):
     out = _torchrun(study, study / "run2", 2)
     assert "train_ddp: finished" in out
-    err = _max_rel(_weights(single), _weights(study / "run2"))
-    assert err < 2e-6, err  # float32 summation order of two half-batch gradients vs one
+    _assert_same_training(_weights(single), _weights(study / "run2"))  # two half-batch gradients vs one
     # rank 0 alone writes the record: one train line per iteration, the same as the single-process run's
     import json
 
@@ -169,7 +180,7 @@ def test_resume_on_another_process_count(study, single):
         p.unlink()
     out = _torchrun(study, cut, 1)
     assert "resuming from snapshot_iter_3.state.pt" in out
-    assert _max_rel(_weights(single), _weights(cut)) < 2e-6
+    _assert_same_training(_weights(single), _weights(cut))
 
 
 @pytest.mark.gpu

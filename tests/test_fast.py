@@ -71,8 +71,38 @@ def test_fused_lrn_matches_the_layer(device, size, k):
     y = lrn_across_channels_fused(x, size, 1e-4, 0.75, k)
     (gx,) = torch.autograd.grad((y * g).sum(), x)
     assert rel(y, y_ref) < 1e-6 and rel(gx, gx_ref) < 1e-6
+    if device == "cpu":  # the CPU window sum adds the same slices in the same order as the reference
+        assert torch.equal(y, y_ref)
     with pytest.raises(ValueError, match="odd"):
         lrn_across_channels_fused(x, 4, 1e-4, 0.75)
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lrn_layer_trains_through_the_fused_node_on_cpu(channels_last):
+    """The LRN layer on the CPU, when a gradient is wanted, is one autograd node (x and scale saved) whose
+    forward is the reference's bits and whose input gradient is the reference's to float32 rounding; without
+    a gradient it runs the reference ops."""
+    from repro.net import Net
+
+    net = Net('input: "x" input_shape { dim: 2 dim: 12 dim: 7 dim: 7 } layer { name: "n" type: "LRN" bottom: "x" '
+              'top: "y" lrn_param { local_size: 5 alpha: 0.001 beta: 0.75 k: 2 } }')
+    torch.manual_seed(1)
+    x = torch.randn(2, 12, 7, 7) * 30
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    g = torch.randn(2, 12, 7, 7)
+    ref_x = x.clone().requires_grad_()
+    layer = net.layer("n")  # alpha as the prototxt's float32 holds it
+    y_ref = lrn_across_channels(ref_x, layer.size, layer.alpha, layer.beta, layer.k)
+    (gx_ref,) = torch.autograd.grad((y_ref * g).sum(), ref_x)
+    x.requires_grad_()
+    y = net(x=x)["y"]
+    assert type(y.grad_fn).__name__ == "CrossChannelLRNBackward"
+    (gx,) = torch.autograd.grad((y * g).sum(), x)
+    assert torch.equal(y.detach(), y_ref.detach()) and rel(gx, gx_ref) < 1e-6
+    with torch.no_grad():
+        y0 = net(x=x)["y"]
+    assert y0.grad_fn is None and torch.equal(y0, y_ref.detach())
 
 
 # ------------------------------------------------------------------------------------------ the plan
