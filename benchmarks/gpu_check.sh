@@ -49,6 +49,15 @@ EOF
 #    bf16 fast mode), loader alone / step alone / end to end, peak memory. ~2-3 minutes.
 part throughput 260 120 $PY benchmarks/train_throughput.py --device cuda --json "$OUT/throughput.json"
 
+# 1b. Faithful mode's Caffe-order conv weight gradients (per-image im2col GEMMs) vs cuDNN's and vs the stacked
+#     single-GEMM formulation, per CaffeNet layer at batch 256: where the faithful base net's time goes. ~30 s.
+part conv_wgrad 90 30 $PY benchmarks/conv_wgrad.py --device cuda --json "$OUT/conv_wgrad.json"
+
+# 1c. Where the faithful base net's step spends its GPU time, by category (conv fwd / dgrad / wgrad, LRN,
+#     pooling, update, copies) and by layer. ~40 s.
+part profile 90 40 $PY benchmarks/profile_step.py --device cuda --variant base_fp32 --iters 5 \
+  --json "$OUT/profile_base_fp32.json"
+
 # 2. Correctness on the GPU: every gpu-marked test (fast path, DDP over NCCL, ...) and Caffe's golden G1/G1b
 #    on CUDA (the tests pick the CUDA device by parametrisation).
 part tests_gpu 150 60 $PY -m pytest -q -m gpu tests/ --continue-on-collection-errors -p no:cacheprovider \

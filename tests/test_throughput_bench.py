@@ -46,3 +46,27 @@ def test_baseline_model_has_the_nets_shapes():
     assert model(torch.zeros(2, 3, 56, 56)).shape == (2, 20)
     ours = sum(p.numel() for blobs in net.params.values() for p in blobs)
     assert sum(p.numel() for p in model.parameters()) == ours
+
+
+def test_conv_wgrad_benchmark_routes_agree(tmp_path):
+    """benchmarks/conv_wgrad.py times three routes to the same weight gradient: all three must compute it (the
+    im2col routes to float32 rounding of a float64 reference), for every Convolution layer of the net."""
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        import conv_wgrad
+    finally:
+        sys.path.pop(0)
+    out_json = tmp_path / "wgrad.json"
+    assert conv_wgrad.main(["--device", "cpu", "--net", "small", "--batch", "3", "--iters", "1", "--warmup", "0",
+                            "--json", str(out_json)]) == 0
+    rec = json.loads(out_json.read_text())
+    from repro.train_step import feedable
+    net_convs = [l.name for l in feedable(conv_wgrad.NETS["small"], "TRAIN", batch_size=3)[0].layer
+                 if l.type == "Convolution"]
+    assert list(rec["layers"]) == net_convs and len(net_convs) == 5
+    for name, row in rec["layers"].items():
+        assert row["bottom"][0] == 3
+        assert row["err_ours"] < 1e-6 and row["err_stacked"] < 1e-6, (name, row)
+        assert row["err_native"] < 1e-4, (name, row)
+        assert all(row[f"ms_{r}"] > 0 for r in ("native", "ours", "stacked"))
+    assert rec["ratios"]["wgrad_total"] > 0 and rec["numerics"]["faithful"] is True
