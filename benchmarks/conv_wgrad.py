@@ -33,9 +33,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-REPO = Path(__file__).resolve().parents[1]
-NETS = {"caffenet": REPO / "prototxt" / "caffenet" / "train_val.prototxt",
-        "small": REPO / "prototxt" / "small" / "train_val.prototxt"}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_throughput.py beside this script
+from train_throughput import NETS, sync  # noqa: E402  (NETS: name -> (train_val, stored size, crop, classes))
 
 
 def conv_shapes(net_path, batch: int):
@@ -83,12 +82,10 @@ def timed_ms(fn, device, iters: int, warmup: int) -> float:
         fn()
     times = []
     for _ in range(iters):
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         t = time.perf_counter()
         fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
+        sync(device)
         times.append(time.perf_counter() - t)
     times.sort()
     return 1e3 * times[len(times) // 2]
@@ -146,7 +143,7 @@ def main(argv=None) -> int:
         raise SystemExit("--device cuda: no CUDA device here")
     batch = args.batch or (256 if device.type == "cuda" else 16)
     set_faithful(True)
-    shapes = conv_shapes(NETS[args.net], batch)
+    shapes = conv_shapes(NETS[args.net][0], batch)
     rows = measure(shapes, device, args.iters, args.warmup)
     for name, row in rows.items():
         for route in ("native", "ours", "stacked"):

@@ -332,12 +332,6 @@ def report(res: dict, top: int) -> None:
               f"bwd {d.get('backward_ms', 0):9.3f} ms")
 
 
-def _atomic(path: str, write) -> None:
-    from repro.atomic import atomic_write
-
-    atomic_write(path, write)
-
-
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
@@ -358,6 +352,7 @@ def main(argv=None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA is not available", file=sys.stderr)
         return 2
+    from repro.atomic import atomic_write, atomic_write_text
     from repro.numerics import numerics_state
 
     net_path, _, crop, classes = NETS[a.net]
@@ -393,10 +388,10 @@ def main(argv=None) -> int:
     res["profile"] = analyse(prof, a.iters, on_cpu)
     report(res, a.top)
     if a.trace:
-        _atomic(a.trace, prof.export_chrome_trace)
+        atomic_write(a.trace, prof.export_chrome_trace)
         res["trace"] = a.trace
     if a.json:
-        _atomic(a.json, lambda tmp: Path(tmp).write_text(json.dumps(res, indent=1) + "\n"))
+        atomic_write_text(a.json, json.dumps(res, indent=1) + "\n")
     return 0
 
 

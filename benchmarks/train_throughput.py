@@ -16,7 +16,8 @@ Variants of our step, each NET_MODE: NET is ``base`` (every layer learns) or ``f
 net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is one of
   fp32       faithful: IEEE float32, TF32 off, deterministic algorithms (repro.numerics)
   fp32bench  IEEE float32 with cudnn.benchmark's (nondeterministic) algorithm choice
-  layerlrn   fp32 with the LRN layer's own ops instead of the fused LRN (repro.lrn_fused)
+  layerlrn   fp32 with the LRN layer instead of the plan's fused LRN (repro.lrn_fused); on CUDA only does
+             that differ, as the layer trains through the fused node on the CPU
   solver     Solver.step: the reference path (reads the loss back every iteration, keeps net.blobs)
   tf32       float32 weights, TF32 tensor-core products, cudnn.benchmark
   fast       bf16 autocast + channels_last + TF32 (repro.fast)

@@ -19,6 +19,7 @@ import sys
 import warnings
 
 import torch
+import torch.utils.deterministic  # noqa: F401  (torch >= 2.1: the NaN-fill flag)
 
 # cuBLAS only gives reproducible results with a fixed workspace; it reads this when CUDA starts, so it must
 # be set before the first CUDA call (setdefault: a user's own choice wins).
@@ -54,9 +55,7 @@ def _set_fill_uninitialized(fill: bool) -> None:
     (as Caffe's, which has no such guard), so faithful mode turns the fill off: it was 4-5% of a CPU training
     step of the small net (benchmarks/profile_step.py) and costs a full extra write of every new blob on a
     GPU. ``set_faithful(False)`` puts back PyTorch's default (on; it only acts under deterministic mode)."""
-    flags = getattr(torch.utils, "deterministic", None)
-    if flags is not None and hasattr(flags, "fill_uninitialized_memory"):
-        flags.fill_uninitialized_memory = fill
+    torch.utils.deterministic.fill_uninitialized_memory = fill
 
 
 def _set_deterministic(enabled: bool) -> None:
@@ -103,8 +102,7 @@ def numerics_state() -> dict:
         "faithful": is_faithful(),
         "tf32": tf32_enabled(),
         "deterministic": torch.are_deterministic_algorithms_enabled(),
-        "fill_uninitialized_memory": bool(getattr(getattr(torch.utils, "deterministic", None),
-                                                  "fill_uninitialized_memory", True)),
+        "fill_uninitialized_memory": bool(torch.utils.deterministic.fill_uninitialized_memory),
         "cudnn_benchmark": bool(torch.backends.cudnn.benchmark),
         "float32_matmul_precision": torch.get_float32_matmul_precision(),
         "torch": torch.__version__,

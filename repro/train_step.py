@@ -14,7 +14,7 @@ batch's copy cannot overlap it); the second holds a second copy of the activatio
   backward computation" and which made those nets ~1.7x faster to train. Those layers run under
   ``torch.no_grad()``: nothing is recorded, no activation is kept for a backward.
 * Caffe's cross-channel LRN runs as one autograd node with Caffe's closed-form backward
-  (:mod:`repro.lrn_fused`) when ``fused_lrn`` (default: on CUDA).
+  (:mod:`repro.lrn_fused`) when ``fused_lrn`` (default: on CUDA; on the CPU the LRN layer does so itself).
 * ``TrainStep.step`` = Solver::Step's body: clear diffs, ``iter_size`` forward/backward passes, then
   ``Solver.apply_update`` (Caffe's SGD on ``torch._foreach`` ops), ``iter += 1``. The loss comes back as a
   device tensor; read it when you display.
@@ -58,7 +58,8 @@ class NetPlan:
 
     ``plan(inputs) -> (total_loss, outputs)``: ``inputs`` maps every net-input blob (data, label) to a tensor;
     ``outputs`` are the net's output blobs (``net.outputs``); ``total_loss`` is sum(loss_weight * top) as in
-    ``Net.forward`` (None without a loss). Options: ``fused_lrn`` (None: on CUDA), ``autocast`` (a dtype, e.g.
+    ``Net.forward`` (None without a loss). Options: ``fused_lrn`` (None: on CUDA; on the CPU the LRN layer
+    itself trains through the fused node, so the option changes nothing there), ``autocast`` (a dtype, e.g.
     torch.bfloat16, or None), ``channels_last`` (4-D inputs in that layout), ``compile`` (torch.compile each
     run of layers between fp32 layers).
     """
