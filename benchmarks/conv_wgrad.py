@@ -39,8 +39,8 @@ from train_throughput import NETS, sync  # noqa: E402  (NETS: name -> (train_val
 
 def conv_shapes(net_path, batch: int):
     """[(name, bottom shape, weight shape, stride, pad, dilation, group)] for the net's Convolution layers."""
+    from repro.engine.plan import feedable
     from repro.net import Net
-    from repro.train_step import feedable
 
     net_param, _ = feedable(net_path, "TRAIN", batch_size=batch)
     net = Net(net_param, "TRAIN")

@@ -33,15 +33,15 @@ SOLVER = REPO / "prototxt" / "small" / "solver.prototxt"
 
 def train_once(mode: str, seed: int, iters: int, test_every: int, root: Path, device, compile: bool) -> dict:
     from repro.caffemodel import read_mean
+    from repro.data.device_feed import DeviceFeed
     from repro.data.store import Store
     from repro.data.transform import TransformSpec
-    from repro.fast import FastMode, fast_step
-    from repro.fast_data import DeviceFeed
+    from repro.engine.modes import FastMode, fast_step
+    from repro.engine.plan import NetPlan, TrainStep, feedable
     from repro.net import Net
     from repro.numerics import set_faithful
     from repro.prototxt import read_solver
     from repro.solver import Solver
-    from repro.train_step import NetPlan, TrainStep, feedable
 
     base = read_solver(SOLVER)
     train, _ = feedable(NET, "TRAIN")

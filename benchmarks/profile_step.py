@@ -73,7 +73,7 @@ CONV_FWD_OPS = {"aten::convolution", "aten::_convolution", "aten::cudnn_convolut
                 "aten::thnn_conv2d", "aten::_slow_conv2d_forward"}
 # Name rules for when no layer is known (--no-layer-ranges, compiled variants): ops only one layer kind uses.
 NAME_CATEGORY = {"aten::max_pool2d_with_indices": "pooling", "aten::max_pool2d_with_indices_backward": "pooling",
-                 "aten::avg_pool3d": "lrn",  # repro.lrn_fused's channel window sum; nothing else pools in 3-D
+                 "aten::avg_pool3d": "lrn",  # repro.layers.lrn_fused's channel window sum; nothing else pools in 3-D
                  "aten::avg_pool3d_backward": "lrn", "aten::clamp_min": "relu_dropout",
                  "aten::threshold_backward": "relu_dropout", "aten::bernoulli_": "relu_dropout",
                  "aten::native_dropout": "relu_dropout", "aten::native_dropout_backward": "relu_dropout"}
@@ -309,7 +309,7 @@ def report(res: dict, top: int) -> None:
         idle = 1 - p["total_ms_per_step"] / res["profiled_wall_ms_per_step"]
         print(f"device idle under the profiler: {100 * idle:.1f}% of the wall time")
     print(f"\ncategories ({kind} per step):")
-    for k, d in p["categories"].items():
+    for d in p["categories"].values():
         print(f"  {d['label']:<58} {d['ms_per_step']:10.3f} ms {d['pct']:6.1f}%")
     print("  phases: " + ", ".join(f"{k} {d['ms_per_step']:.2f} ms ({d['pct']:.1f}%)"
                                    for k, d in sorted(p["phases"].items())))

@@ -27,12 +27,12 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def child(a) -> None:
-    from repro.data.transform import TransformSpec
-    from repro.fast_data import DeviceFeed
+    from repro.data.device_feed import DeviceFeed
     from repro.data.store import Store
+    from repro.data.transform import TransformSpec
+    from repro.engine.plan import TrainStep, feedable
     from repro.proto import caffe_pb2
     from repro.solver import Solver
-    from repro.train_step import TrainStep, feedable
 
     device = torch.device(a.device)
     net, _ = feedable(REPO / "prototxt" / "small" / "train_val.prototxt", "TRAIN", batch_size=a.batch)
@@ -87,7 +87,7 @@ def main(argv=None) -> int:
         child(a)
         return 0
 
-    from repro.fast_data import write_store
+    from repro.data.device_feed import write_store
 
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     from train_throughput import synthetic_images

@@ -16,11 +16,11 @@ Variants of our step, each NET_MODE: NET is ``base`` (every layer learns) or ``f
 net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is one of
   fp32       faithful: IEEE float32, TF32 off, deterministic algorithms (repro.numerics)
   fp32bench  IEEE float32 with cudnn.benchmark's (nondeterministic) algorithm choice
-  layerlrn   fp32 with the LRN layer instead of the plan's fused LRN (repro.lrn_fused); on CUDA only does
+  layerlrn   fp32 with the LRN layer instead of the plan's fused LRN (repro.layers.lrn_fused); on CUDA only does
              that differ, as the layer trains through the fused node on the CPU
   solver     Solver.step: the reference path (reads the loss back every iteration, keeps net.blobs)
   tf32       float32 weights, TF32 tensor-core products, cudnn.benchmark
-  fast       bf16 autocast + channels_last + TF32 (repro.fast)
+  fast       bf16 autocast + channels_last + TF32 (repro.engine.modes)
   bf16       fast without channels_last (with the fused LRN)
   compile    fast + torch.compile
 Ratios are against the float32 baseline. Prints one ``ratio_<what>: X`` line per ratio (``ratio_loader``,
@@ -76,7 +76,7 @@ def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 
 def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int, unique: int = 512):
     """A store of `images` images (tiles of `unique` distinct ones) and `jpegs` JPEG files of the same images."""
-    from repro.fast_data import write_store
+    from repro.data.device_feed import write_store
 
     u = synthetic_images(min(unique, images), size)
     labels = np.arange(images) % classes
@@ -101,8 +101,8 @@ def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int, uniqu
 def solver_param(net_path, batch: int, frozen: int = 0):
     """The paper's solver around the feedable TRAIN net (data as inputs); the first `frozen` learned layers
     at lr_mult 0 (the paper's AnB transfer net)."""
+    from repro.engine.plan import feedable
     from repro.proto import caffe_pb2
-    from repro.train_step import feedable
 
     net, _ = feedable(net_path, "TRAIN", batch_size=batch)
     learned = [l for l in net.layer if l.type in ("Convolution", "InnerProduct")]
@@ -118,9 +118,9 @@ def solver_param(net_path, batch: int, frozen: int = 0):
 
 def build(variant: str, net_path, batch: int, device):
     """(step function batch -> None, solver) for a NET_MODE variant (module doc)."""
-    from repro.fast import TF32_ONLY, FastMode, fast_step
+    from repro.engine.modes import TF32_ONLY, FastMode, fast_step
+    from repro.engine.plan import TrainStep
     from repro.solver import Solver
-    from repro.train_step import TrainStep
 
     net_kind, mode = variant.split("_", 1)
     frozen = 0 if net_kind == "base" else int(net_kind[len("frozen"):])
@@ -218,8 +218,9 @@ def main(argv=None) -> int:
     ap.add_argument("--json", help="write all numbers to this file")
     a = ap.parse_args(argv)
 
+    from repro.data.device_feed import DeviceFeed
+    from repro.data.device_feed import default_workers as feed_workers
     from repro.data.transform import TransformSpec
-    from repro.fast_data import DeviceFeed, default_workers as feed_workers
     from repro.net import Net
     from repro.numerics import numerics_state, set_faithful
 

@@ -24,7 +24,7 @@ import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .results import TestPoint
+from .study.results import TestPoint
 
 # Files read in a net's folder (the notebook globs `*.[eo]*.gz`); names are matched after removing `.gz`.
 LOG_GLOBS = ("*.[eo]*", "*.log", "*.log.*", "*.INFO", "*.INFO.*")
@@ -74,11 +74,12 @@ def _lines(path: Path):
     n = 0
     try:
         with opener(path, "rt", encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
+            for line in f:
+                n += 1
                 yield line
     except (EOFError, gzip.BadGzipFile, zlib.error) as e:
         # A killed job can leave a truncated .gz: keep what was written before the damage.
-        warnings.warn(f"{path}: unreadable after line {n} ({e}); using the lines before it")
+        warnings.warn(f"{path}: unreadable after line {n} ({e}); using the lines before it", stacklevel=2)
 
 
 def _parse_into(path: Path, top1: _Latest, loss: _Latest, train_loss: _Latest, lr: _Latest):

@@ -18,8 +18,10 @@ from pathlib import Path
 import numpy as np
 from google.protobuf import message as pb_message
 
-from repro.proto import caffe_pb2
 from repro.atomic import atomic_write_bytes
+from repro.proto import caffe_pb2
+
+from .errors import ReproError
 
 __all__ = ["WeightsError", "SolverState", "read_caffemodel", "write_caffemodel", "read_mean", "write_mean",
            "read_solverstate", "write_solverstate", "blob_to_array", "array_to_blob"]
@@ -30,7 +32,7 @@ _CONV = {"Convolution", _V1.CONVOLUTION, "conv"}
 _IP = {"InnerProduct", _V1.INNER_PRODUCT, "innerproduct"}
 
 
-class WeightsError(ValueError):
+class WeightsError(ReproError):
     """A binary Caffe file that cannot be read as what it should be; names the file and what failed."""
 
     def __init__(self, path, message):

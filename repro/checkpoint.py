@@ -22,13 +22,14 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write, atomic_write_bytes, atomic_write_text  # noqa: F401  (the run writes through these)
+from .errors import ReproError
 
 STATE_FORMAT = "repro-solverstate"
 STATE_VERSION = 1
 _ITER_RE = re.compile(r"_iter_(\d+)\.state\.pt$")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ReproError):
     """A snapshot file that cannot be used to resume (missing, truncated, or from another net)."""
 
 

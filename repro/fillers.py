@@ -14,13 +14,15 @@ import math
 
 import torch
 
+from .errors import ReproError
+
 FILLER_TYPES = ("constant", "gaussian", "uniform", "xavier", "msra", "positive_unitball", "bilinear")
 
 # FillerParameter.VarianceNorm numbers in caffe.proto.
 _FAN_IN, _FAN_OUT, _AVERAGE = 0, 1, 2
 
 
-class FillerError(ValueError):
+class FillerError(ReproError):
     """A FillerParameter that Caffe's filler.hpp would refuse (unknown type, sparse where unsupported...)."""
 
 

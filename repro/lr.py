@@ -15,12 +15,14 @@ import math
 
 import numpy as np
 
+from .errors import ReproError
+
 POLICIES = ("fixed", "step", "exp", "inv", "multistep", "poly", "sigmoid")
 
 _f32 = np.float32
 
 
-class LRPolicyError(ValueError):
+class LRPolicyError(ReproError):
     """A solver's learning-rate settings that Caffe would reject (its CHECKs / LOG(FATAL))."""
 
 

@@ -33,12 +33,13 @@ import torch
 from torch import nn
 
 from . import caffemodel
+from .errors import ReproError
 from .layers import LayerError, build_layer, phase_name
 from .numerics import set_faithful
 from .prototxt import filter_net, read_net
 
 
-class NetError(ValueError):
+class NetError(ReproError):
     """Wrong use of a Net: missing or mis-shaped inputs, weights that do not fit (names layer and shapes)."""
 
 
@@ -301,7 +302,7 @@ class Net(nn.Module):
         differs is an error naming the layer and both shapes. Returns the names of the layers whose blobs were
         copied. An ``.onnx`` file we exported is read the same way, from its initializers by layer name."""
         if os.fspath(path).endswith(".onnx"):
-            from .onnx_import import read_onnx_weights  # lazy: onnx is only needed for ONNX files
+            from .onnx.importer import read_onnx_weights  # lazy: onnx is only needed for ONNX files
 
             weights = read_onnx_weights(path)
         else:
@@ -331,7 +332,7 @@ class Net(nn.Module):
     @property
     def feeders(self) -> dict:
         """Data-layer name → the feeder that fills its tops (made on first use; a training driver may put its
-        own feeder here, e.g. repro.fast_data.DeviceFeed, and snapshots save every feeder's cursor)."""
+        own feeder here, e.g. repro.data.device_feed.DeviceFeed, and snapshots save every feeder's cursor)."""
         return self._feeders
 
     @property
@@ -343,7 +344,7 @@ class Net(nn.Module):
     def from_onnx(cls, path, phase="TEST", input_shape=None) -> "Net":
         """Rebuild a runnable Net from an ONNX file: one we exported (its embedded prototxt + initializers) or a
         plain AlexNet-like graph (see repro/onnx_import.py for the operators it maps)."""
-        from .onnx_import import net_from_onnx
+        from .onnx.importer import net_from_onnx
 
         return net_from_onnx(path, phase=phase, input_shape=input_shape)
 

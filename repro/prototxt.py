@@ -10,16 +10,16 @@ phase, since weights are copied by layer name.
     solver = read_solver("imagenet_solver.prototxt")
 """
 import difflib
-import warnings
 import os
 import re
+import warnings
 from pathlib import Path
 
 from google.protobuf import message as pb_message
 from google.protobuf import text_format
 
-from repro.proto import caffe_pb2
 from repro.atomic import atomic_write_text
+from repro.proto import caffe_pb2
 from repro.upgrade import PrototxtError, PrototxtWarning, upgrade_net_with_origins, upgrade_solver
 
 __all__ = ["SUPPORTED_LAYER_TYPES", "PrototxtError", "PrototxtWarning", "read_net", "read_solver",

@@ -10,10 +10,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .errors import ReproError
+
 _f32 = np.float32
 
 
-class SolverError(ValueError):
+class SolverError(ReproError):
     """A solver.prototxt that Caffe would refuse, or a solver used in a way it cannot be."""
 
 

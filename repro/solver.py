@@ -57,7 +57,7 @@ class Solver:
     """pycaffe's ``caffe.get_solver`` / ``SGDSolver``: a TRAIN net, its TEST nets and Caffe's SGD (or Nesterov).
 
     ``Solver(solver_prototxt, weights=None, *, device=None, data_root=None, test_feed=None)``:
-    ``solver_prototxt`` is a path or a ``caffe_pb2.SolverParameter`` (e.g. from ``repro.grid.realise``);
+    ``solver_prototxt`` is a path or a ``caffe_pb2.SolverParameter`` (e.g. from ``repro.study.grid.realise``);
     ``weights``: a caffemodel (or a comma-separated list, as ``caffe train -weights a,b``) copied into the TRAIN
     net by layer name; ``data_root``: where relative data sources are looked for after the working directory
     (default: the solver file's folder); ``test_feed``: inputs for TEST nets without a Data layer (dict or

@@ -10,7 +10,7 @@ The folder holds everything needed to see what ran and to pick it up again:
     snapshots/          Caffe's snapshot_iter_<N>.caffemodel + .solverstate, and our .state.pt (exact resume)
     summary.json        final test, single-pass evaluation, and the paper's metric: the mean of the 10 best
                         test top-1 values (FIGURES.md)
-    final.onnx          when repro.onnx_io can export the net (optional)
+    final.onnx          when repro.onnx.io can export the net (optional)
     final.pt, final.caffemodel   the trained weights by Caffe layer name, written last: their presence marks a
                         finished run
 
@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import atomic_write_text, atomic_torch_save, latest_state, tensors_by_layer
+from .checkpoint import atomic_torch_save, atomic_write_text, latest_state, tensors_by_layer
+from .errors import ReproError
 
 SOLVER_FILE, TRAIN_FILE, LOG_FILE, SUMMARY_FILE, RUN_FILE = (
     "solver.prototxt", "train.prototxt", "log.jsonl", "summary.json", "run.json")
@@ -41,7 +42,7 @@ FINAL_PT, FINAL_CAFFEMODEL, FINAL_ONNX = "final.pt", "final.caffemodel", "final.
 TOP_K_TESTS = 10  # the paper's summary: mean of the 10 best test top-1 values
 
 
-class RunError(ValueError):
+class RunError(ReproError):
     """A run folder that cannot be used for this run (it holds a different one)."""
 
 
@@ -255,7 +256,7 @@ def run(solver, out_dir, *, weights=None, init=None, device=None, data_root=None
         record: dict | None = None, keep_states: int | None = 2, onnx: bool = True, log=print) -> dict:
     """Train as Caffe's ``caffe train --solver ... [--weights ...]`` would, into the run folder ``out_dir``.
 
-    solver: a solver.prototxt path or SolverParameter (e.g. from repro.grid.realise / repro.study).
+    solver: a solver.prototxt path or SolverParameter (e.g. from repro.study.grid.realise / repro.study.cells).
     weights: a .caffemodel copied into the TRAIN net by layer name before training (a fresh run only);
     init: or a callable ``init(net)`` doing that (e.g. for .pt / .onnx weights).
     max_iter: override the solver's max_iter. record: extra facts for run.json (the cell, the command).
@@ -351,12 +352,12 @@ def finish_run(s, out: Path, jlog: JsonLog, onnx: bool, log) -> dict:
 
 
 def _export_onnx(s, out: Path, log, metadata: dict):
-    """Hook for repro.onnx_io: write final.onnx from the TEST net (train weights shared in). Optional: a run
+    """Hook for repro.onnx.io: write final.onnx from the TEST net (train weights shared in). Optional: a run
     that trained well is not failed by an export problem; the reason goes into summary.json."""
     try:
-        from .onnx_io import export_onnx
+        from .onnx.io import export_onnx
     except ImportError as e:
-        return {"written": False, "reason": f"repro.onnx_io unavailable ({e})"}
+        return {"written": False, "reason": f"repro.onnx.io unavailable ({e})"}
     if not s.test_nets:
         return {"written": False, "reason": "no TEST net"}
     net = s.test_nets[0]

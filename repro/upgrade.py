@@ -17,10 +17,12 @@ import warnings
 
 from repro.proto import caffe_pb2
 
+from .errors import ReproError
+
 V1 = caffe_pb2.V1LayerParameter
 
 
-class PrototxtError(ValueError):
+class PrototxtError(ReproError):
     """A net or solver definition Caffe would reject. Formats as `path:line:col: message`.
 
     Attributes: path, line, column (1-based, None when unknown), field (the offending field name or None),

@@ -6,7 +6,7 @@ import pytest
 
 from repro import resources
 from repro.caffelog import read_caffe_logs, read_net_logs
-from repro.results import scores
+from repro.study.results import scores
 
 
 @pytest.fixture(scope="module")

@@ -2,8 +2,16 @@
 import numpy as np
 import pytest
 
-from repro.caffemodel import (SolverState, WeightsError, read_caffemodel, read_mean, read_solverstate,
-                              write_caffemodel, write_mean, write_solverstate)
+from repro.caffemodel import (
+    SolverState,
+    WeightsError,
+    read_caffemodel,
+    read_mean,
+    read_solverstate,
+    write_caffemodel,
+    write_mean,
+    write_solverstate,
+)
 from repro.proto import caffe_pb2
 
 G1_SHAPES = {  # golden README: CaffeNet with fc6/fc7 of 256 outputs

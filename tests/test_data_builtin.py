@@ -50,7 +50,7 @@ def test_deterministic_and_cached(small, tmp_path):
 
 
 def test_paper_splits_apply_to_it(small, tmp_path):
-    from repro.splits import make_splits
+    from repro.study.splits import make_splits
 
     nat = [int(v) for v in (small / "half_nat_idx.txt").read_text().split()]
     man = [int(v) for v in (small / "half_man_idx.txt").read_text().split()]

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from repro.data.transform import CaffeRand, TransformError, TransformSpec, Transformer
+from repro.data.transform import CaffeRand, Transformer, TransformError, TransformSpec
 
 
 def test_caffe_rand_is_mt19937():

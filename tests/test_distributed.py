@@ -1,4 +1,4 @@
-"""Data-parallel training (repro.distributed, tools/train_ddp.py) on the CPU with gloo.
+"""Data-parallel training (repro.engine.ddp, tools/train_ddp.py) on the CPU with gloo.
 
 The promise: a global batch split over W processes trains the same net as one process reading the whole batch
 (weights equal up to float32 summation order), and the run folder is the one repro.train.run writes,
@@ -17,9 +17,9 @@ import torch.distributed as dist
 from google.protobuf import text_format
 
 from repro.caffemodel import write_mean
+from repro.data.device_feed import DeviceFeed, FeedError, write_store
 from repro.data.store import compute_mean
 from repro.data.transform import TransformSpec
-from repro.fast_data import DeviceFeed, FeedError, write_store
 from repro.prototxt import read_net
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ def test_feed_shards_partition_the_global_batch(study):
 
 def test_one_process_group_is_bitwise_the_solver(study, tmp_path):
     """World size 1 through DDP: the very same arithmetic as Solver.step on the net's own Data layer."""
-    from repro.distributed import DistributedTrainer, distributed_solver
+    from repro.engine.ddp import DistributedTrainer, distributed_solver
     from repro.prototxt import read_solver
     from repro.solver import Solver
 

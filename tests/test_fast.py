@@ -8,15 +8,15 @@ import numpy as np
 import pytest
 import torch
 
-from repro.fast import FAITHFUL, FastMode, apply_numerics, fast_step
-from repro.fast_data import DeviceFeed, write_store
+from repro.data.device_feed import DeviceFeed, write_store
+from repro.engine.modes import FAITHFUL, FastMode, apply_numerics, fast_step
+from repro.engine.plan import NetPlan, PlanError, TrainStep, feedable
+from repro.layers.lrn_fused import lrn_across_channels_fused
 from repro.layers.vision import lrn_across_channels
-from repro.lrn_fused import lrn_across_channels_fused
 from repro.numerics import is_faithful, set_faithful
 from repro.proto import caffe_pb2
 from repro.prototxt import read_net
 from repro.solver import Solver
-from repro.train_step import NetPlan, PlanError, TrainStep, feedable
 
 SMALL = "prototxt/small/train_val.prototxt"
 CUDA = [pytest.param("cuda", marks=pytest.mark.gpu)] if torch.cuda.is_available() else \

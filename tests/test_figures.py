@@ -6,11 +6,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
+
 from repro import resources
-from repro.figures import figure2_table, figure3_table, reduced_table, table1, write_report
-from repro.results import ResultsError, TestPoint, read_run_log, read_runs, scores, top_k_mean
+from repro.study.figures import figure2_table, figure3_table, reduced_table, table1, write_report
+from repro.study.results import ResultsError, TestPoint, read_run_log, read_runs, scores, top_k_mean
 
 HALF_ULP_4DP = 0.5e-4 + 1e-9   # "equal to 4 decimals": FIGURES.md rounds (0.48505 is printed 0.4850)
 

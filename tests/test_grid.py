@@ -2,9 +2,20 @@
 import pytest
 
 from repro import resources
-from repro.grid import (Cell, GridError, all_cells, cell_from_name, copied_layers, dependencies, frozen_layers,
-                        mean_source, realise, renamed_layers)
 from repro.proto import caffe_pb2
+from repro.study.grid import (
+    Cell,
+    GridError,
+    all_cells,
+    cell_from_name,
+    copied_layers,
+    dependencies,
+    frozen_layers,
+    mean_source,
+    realise,
+    renamed_layers,
+)
+
 
 def _paper_kind(c: Cell) -> str:
     """paper_results.csv's `kind` column for a cell."""

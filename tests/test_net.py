@@ -4,8 +4,8 @@ import torch
 
 from repro import caffemodel
 from repro.net import Net, NetError, module_key
-from repro.prototxt_files import prototxt_path
 from repro.proto import caffe_pb2
+from repro.prototxt_files import prototxt_path
 
 TINY = """
 name: "tiny"

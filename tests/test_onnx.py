@@ -9,14 +9,14 @@ import sys
 import numpy as np
 import onnx
 import pytest
+from conftest import REPO
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from conftest import REPO
-from repro.onnx_export import OnnxExportError, caffe_to_onnx
-from repro.onnx_import import OnnxImportError, onnx_to_caffe, read_onnx_weights
-from repro.onnx_inspect import describe
-from repro.onnx_verify import OnnxCheckError, check_onnx, run_onnx
+from repro.onnx.export import OnnxExportError, caffe_to_onnx
+from repro.onnx.importer import OnnxImportError, onnx_to_caffe, read_onnx_weights
+from repro.onnx.inspect import describe
+from repro.onnx.verify import OnnxCheckError, check_onnx, run_onnx
 from repro.proto import caffe_pb2
 
 
@@ -291,7 +291,7 @@ def test_inspect_lists_layers_params_flops_metadata(g1):
 @pytest.fixture(scope="module")
 def g1_file(golden, tmp_path_factory):
     """The G1 net exported from prototxt + caffemodel through export_onnx (verified on the way)."""
-    from repro.onnx_io import export_onnx
+    from repro.onnx.io import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "g1.onnx"
     result = export_onnx(golden / "g1_net.prototxt", out, weights=golden / "g1_weights.caffemodel",
@@ -320,7 +320,7 @@ def test_check_only_and_a_wrong_reference(g1_file, golden):
 def test_net_from_onnx_reproduces_caffe(g1_file, golden):
     import torch
 
-    from repro.onnx_io import net_from_onnx
+    from repro.onnx.io import net_from_onnx
 
     net = net_from_onnx(g1_file[0])
     assert net.phase == "TEST" and net.inputs == ["data"] and net.outputs == ["fc8"]
@@ -335,8 +335,8 @@ def test_onnx_transfer_equals_caffemodel_transfer(g1_file, golden):
     weights whether the base comes as .caffemodel (Net.copy_from) or as ONNX (the study's loader and
     copy_from_onnx)."""
     from repro.net import Net
-    from repro.onnx_io import copy_from_onnx
-    from repro.study import load_base
+    from repro.onnx.io import copy_from_onnx
+    from repro.study.cells import load_base
 
     text = (golden / "g1_net.prototxt").read_text()
     for layer in ("conv4", "conv5", "fc6", "fc7", "fc8"):
@@ -369,7 +369,7 @@ def test_net_from_onnx_classmethod(g1_file, golden):
 def test_net_from_alexnet_like_onnx(matmul, reshape, tmp_path):
     import torch
 
-    from repro.onnx_io import net_from_onnx
+    from repro.onnx.io import net_from_onnx
 
     model = _alexnet_like(matmul, reshape)
     path = tmp_path / "alexnet_like.onnx"
@@ -423,7 +423,7 @@ def test_export_a_training_net_as_its_test_phase(tmp_path):
     """A TRAIN-phase net (dropout active, loss layer) exports its prototxt's TEST phase: prob, Dropout as
     an identity, in-place blobs versioned, and onnxruntime agrees with the TEST-phase net."""
     from repro.net import Net
-    from repro.onnx_io import export_onnx
+    from repro.onnx.io import export_onnx
 
     proto = tmp_path / "tiny.prototxt"
     proto.write_text(TINY)
@@ -445,7 +445,7 @@ def test_export_a_training_net_as_its_test_phase(tmp_path):
 @pytest.fixture(scope="module", params=["caffenet", "small"])
 def shipped(request, tmp_path_factory):
     """prototxt/<net>/deploy.prototxt exported with its filler weights (seeded), verified by export_onnx."""
-    from repro.onnx_io import export_onnx
+    from repro.onnx.io import export_onnx
 
     proto = REPO / "prototxt" / request.param / "deploy.prototxt"
     if not proto.is_file():
@@ -471,7 +471,7 @@ def test_shipped_nets_round_trip_through_import(shipped):
     """net_from_onnx gives back a net whose forward matches onnxruntime on the file."""
     import torch
 
-    from repro.onnx_io import net_from_onnx
+    from repro.onnx.io import net_from_onnx
 
     _, path, _ = shipped
     net = net_from_onnx(path)
@@ -490,7 +490,7 @@ def test_export_from_a_run_directory_and_a_pt_state(tmp_path):
     import torch
 
     from repro.net import Net
-    from repro.onnx_io import export_onnx
+    from repro.onnx.io import export_onnx
 
     run = tmp_path / "half0A"
     run.mkdir()

@@ -5,9 +5,16 @@ from pathlib import Path
 import pytest
 from google.protobuf import text_format
 
-from repro.prototxt import (SUPPORTED_LAYER_TYPES, PrototxtError, PrototxtWarning, filter_net, read_net,
-                            read_solver, write_text)
 from repro.proto import caffe_pb2
+from repro.prototxt import (
+    SUPPORTED_LAYER_TYPES,
+    PrototxtError,
+    PrototxtWarning,
+    filter_net,
+    read_net,
+    read_solver,
+    write_text,
+)
 
 BAD = Path(__file__).parent / "data" / "bad_prototxt"
 NETS = ["half0A", "halfnatmanA", "netbase", "nolearn_1_3", "reduced-0010", "transfer-ft0A0B_1_3",

@@ -7,8 +7,7 @@ import pytest
 
 from repro.net import Net
 from repro.prototxt import read_net, read_solver
-from repro.prototxt_files import (NETS, PARAM_SHAPES_FILE, all_prototxt_files, param_shapes, prototxt_dir,
-                                  prototxt_path)
+from repro.prototxt_files import NETS, PARAM_SHAPES_FILE, all_prototxt_files, param_shapes, prototxt_dir, prototxt_path
 
 FILES = all_prototxt_files()
 NET_FILES = [p for p in FILES if p.name != "solver.prototxt"]

@@ -7,10 +7,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
-from repro.grid import cell_from_name  # noqa: E402
-from repro.ray_grid import run_plan_ray  # noqa: E402
-from repro.scheduler import plan  # noqa: E402
-from repro.study import builtin_study  # noqa: E402
+from repro.study.cells import builtin_study  # noqa: E402
+from repro.study.grid import cell_from_name  # noqa: E402
+from repro.study.ray_grid import run_plan_ray  # noqa: E402
+from repro.study.scheduler import plan  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,12 @@ import json
 from pathlib import Path
 
 import pytest
-
-from repro.checkpoint import save_state
-from repro.grid import all_cells, cell_from_name
-from repro.scheduler import format_plan, mini_cells, plan, run_plan, select_cells
-from repro.study import builtin_study, run_cell
-
 from conftest import load_tool
 
+from repro.checkpoint import save_state
+from repro.study.cells import builtin_study, run_cell
+from repro.study.grid import all_cells, cell_from_name
+from repro.study.scheduler import format_plan, mini_cells, plan, run_plan, select_cells
 
 _tool = load_tool
 

@@ -5,11 +5,18 @@ import sys
 
 import numpy as np
 import pytest
-
 from conftest import REPO
+
 from repro import resources
-from repro.splits import (SplitError, check_partition, list_image_folder, make_splits, random_half,
-                          read_file_list, study_datasets)
+from repro.study.splits import (
+    SplitError,
+    check_partition,
+    list_image_folder,
+    make_splits,
+    random_half,
+    read_file_list,
+    study_datasets,
+)
 
 # md5 sums of the validation lists as published in yosinski/convnet_transfer ilsvrc12/make_reduced_datasets.sh
 # (the comment block "md5sum *valid/files.txt"); whole_valid is the input list itself.

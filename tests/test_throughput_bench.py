@@ -60,7 +60,7 @@ def test_conv_wgrad_benchmark_routes_agree(tmp_path):
     assert conv_wgrad.main(["--device", "cpu", "--net", "small", "--batch", "3", "--iters", "1", "--warmup", "0",
                             "--json", str(out_json)]) == 0
     rec = json.loads(out_json.read_text())
-    from repro.train_step import feedable
+    from repro.engine.plan import feedable
     net_convs = [l.name for l in feedable(conv_wgrad.NETS["small"][0], "TRAIN", batch_size=3)[0].layer
                  if l.type == "Convolution"]
     assert list(rec["layers"]) == net_convs and len(net_convs) == 5

@@ -220,7 +220,7 @@ def test_best_k_mean():
 
 
 def test_final_onnx_hook(tmp_path, solver_file):
-    """repro.onnx_io.export_onnx is called at the end of a run: final.onnx beside the weights."""
+    """repro.onnx.io.export_onnx is called at the end of a run: final.onnx beside the weights."""
     pytest.importorskip("onnxruntime")
     out = tmp_path / "run"
     summary = run(solver_file, out, max_iter=2, onnx=True, log=quiet)

@@ -6,15 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import repro.study as study_mod
-from repro.caffemodel import read_caffemodel, write_caffemodel
-from repro.grid import cell_from_name
-from repro.prototxt import read_net, read_solver
-from repro.study import StudyError, builtin_study, run_cell, scale_solver
-
 from conftest import load_tool
 
+import repro.study.cells as study_mod
+from repro.caffemodel import read_caffemodel, write_caffemodel
+from repro.prototxt import read_net, read_solver
+from repro.study.cells import StudyError, builtin_study, run_cell, scale_solver
+from repro.study.grid import cell_from_name
 
 _tool = load_tool
 

@@ -12,7 +12,7 @@ The graph has one node per Caffe layer, named after it; weights are the initiali
 import argparse
 import sys
 
-from repro.onnx_io import META_KEYS, OnnxCheckError, check_onnx, export_onnx
+from repro.onnx.io import META_KEYS, OnnxCheckError, check_onnx, export_onnx
 
 
 def _meta(items):

@@ -8,7 +8,7 @@ To look at the graph itself, open the file in Netron (docs/ONNX.md).
 import argparse
 import sys
 
-from repro.onnx_inspect import describe
+from repro.onnx.inspect import describe
 
 
 def main(argv=None):

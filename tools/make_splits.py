@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from repro import resources
-from repro.splits import SplitError, make_splits, read_indices
+from repro.study.splits import SplitError, make_splits, read_indices
 
 
 def main(argv=None):

@@ -9,15 +9,15 @@ Every net uses the small net's solver (prototxt/small/solver.prototxt), as the p
 base nets' solver, with its schedule stretched to --max-iter iterations (default 1200 for its 600: stepsize,
 snapshot and display scaled alike) and tested every --test-interval iterations (default 40: the paper's metric,
 the mean of the 10 best test points, then has 31 points to choose from). Rerunning skips finished nets and
-resumes interrupted ones. At the end the figures and tables of repro.figures (figure2.png, figure2.csv, results.md,
-...) are written to --out.
+resumes interrupted ones. At the end the figures and tables of repro.study.figures (figure2.png, figure2.csv,
+results.md, ...) are written to --out.
 """
 import argparse
 import sys
 import time
 
-from repro.scheduler import MINI_MAX_ITER, MINI_TEST_INTERVAL, mini_cells, plan, run_plan, summarise_status
-from repro.study import builtin_study
+from repro.study.cells import builtin_study
+from repro.study.scheduler import MINI_MAX_ITER, MINI_TEST_INTERVAL, mini_cells, plan, run_plan, summarise_status
 
 
 def main(argv=None):
@@ -44,8 +44,8 @@ def main(argv=None):
     print(summarise_status(status) + f"; {(time.time() - t0) / 60:.1f} min")
 
     from repro import resources
-    from repro.figures import figure2_table, write_report
-    from repro.results import read_runs, scores
+    from repro.study.figures import figure2_table, write_report
+    from repro.study.results import read_runs, scores
 
     net_scores = scores(read_runs([st.runs]))
     written = write_report(net_scores, a.out, paper=resources.paper_scores())

@@ -1,7 +1,7 @@
 """Figures 2, 3, the reduced-data curve and Table 1 from our runs and/or the paper's Caffe logs.
 
   python tools/plot_results.py --runs runs/ --out report/
-  python tools/plot_results.py --caffe-logs ../shared/reference/caffe_logs/test_lines --out report/
+  python tools/plot_results.py --caffe-logs paper_logs/ --out report/
 
 --runs: folders holding run directories (each with log.jsonl, named by its cell: half0A, transfer0A0B_1_3, …).
 --caffe-logs: a folder of the paper's net folders (half0A/, …) holding Caffe logs, plain or .gz.
@@ -14,8 +14,8 @@ from collections import Counter
 
 from repro import resources
 from repro.caffelog import read_caffe_logs
-from repro.figures import write_report
-from repro.results import ResultsError, read_runs, scores
+from repro.study.figures import write_report
+from repro.study.results import ResultsError, read_runs, scores
 
 
 def main(argv=None):

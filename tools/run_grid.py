@@ -16,16 +16,23 @@ every GPU, else one CPU worker); --ray sends one Ray task per net to a cluster i
 import argparse
 import sys
 
-from repro.grid import KINDS
-from repro.scheduler import (default_devices, format_plan, mini_cells, plan, run_plan, select_cells,
-                             summarise_status)
-from repro.study import add_study_arguments, study_from_arguments
+from repro.study.cells import add_study_arguments, study_from_arguments
+from repro.study.grid import KINDS
+from repro.study.scheduler import (
+    default_devices,
+    format_plan,
+    mini_cells,
+    plan,
+    run_plan,
+    select_cells,
+    summarise_status,
+)
 
 
 def write_report(runs, out):
     from repro import resources
-    from repro.figures import write_report as report
-    from repro.results import read_runs, scores
+    from repro.study.figures import write_report as report
+    from repro.study.results import read_runs, scores
 
     written = report(scores(read_runs([runs])), out, paper=resources.paper_scores())
     print(f"report: {len(written)} files in {out}")
@@ -63,7 +70,7 @@ def main(argv=None):
         if a.dry_run:
             return
         if a.ray:
-            from repro.ray_grid import run_plan_ray
+            from repro.study.ray_grid import run_plan_ray
             status = run_plan_ray(st, jobs, num_gpus=a.gpus_per_net, num_cpus=a.cpus_per_net, threads=a.threads,
                                   address=a.ray_address)
         else:

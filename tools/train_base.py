@@ -18,8 +18,8 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from repro.grid import Cell
-from repro.study import builtin_study, paper_study, run_cell
+from repro.study.cells import builtin_study, paper_study, run_cell
+from repro.study.grid import Cell
 
 
 def main(argv=None):

@@ -14,7 +14,7 @@ import sys
 
 import torch.distributed as dist
 
-from repro.distributed import run_ddp
+from repro.engine.ddp import run_ddp
 
 
 def main(argv=None):

@@ -16,8 +16,8 @@ run folder would hold them, and trains nothing. The run goes to <runs>/<cell nam
 import argparse
 import sys
 
-from repro.grid import Cell
-from repro.study import add_study_arguments, emit, run_cell, study_from_arguments
+from repro.study.cells import add_study_arguments, emit, run_cell, study_from_arguments
+from repro.study.grid import Cell
 
 
 def main(argv=None):

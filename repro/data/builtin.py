@@ -27,7 +27,7 @@ prefers 3 of 8 hues, shared with other classes), background clutter, illuminatio
     root/train/, root/val/        stores (see store.py), train shuffled once like convert_imageset --shuffle
     root/mean.binaryproto         the train mean (compute_image_mean), 3×64×64
 
-The list files feed repro.splits unchanged (random halves, natural/man-made halves, reduced sets); a split's
+The list files feed repro.study.splits unchanged (random halves, natural/man-made halves, reduced sets); a split's
 `files.txt` is then read straight from the store with `Store(root/"train").select(files_txt)` (no copy).
 `Store.subset(class_ids)` gives the same for a class set. `export_images(root, out)` writes the images as PNG
 files at the listed paths, for tools that want real files (convert_imageset, ImageData).
@@ -42,8 +42,19 @@ from pathlib import Path
 
 import numpy as np
 
-from .procedural import (CLASSES, CROP, MANMADE_IDS, NATURAL_IDS, SEED, SIZE, TRAIN_PER_CLASS,  # noqa: F401
-                         VAL_PER_CLASS, VERSION, generate, render_class)
+from .procedural import (  # noqa: F401
+    CLASSES,
+    CROP,
+    MANMADE_IDS,
+    NATURAL_IDS,
+    SEED,
+    SIZE,
+    TRAIN_PER_CLASS,
+    VAL_PER_CLASS,
+    VERSION,
+    generate,
+    render_class,
+)
 
 
 # ------------------------------------------------------------------------------------------------ on disk
@@ -52,7 +63,8 @@ def _names(part: str, per_class: int) -> list[str]:
 
 
 def _write_store(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str], seed: int):
-    from .store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES, VERSION as SV
+    from .store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES
+    from .store import VERSION as SV
 
     folder.mkdir(parents=True)
     images.tofile(folder / IMAGES)

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ReproError
 from ..proto import caffe_pb2
 from .image import decode_image, to_chw
 
 
-class DBError(ValueError):
+class DBError(ReproError):
     """A Caffe database that cannot be opened or holds something other than Datum records."""
 
 

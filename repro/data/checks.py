@@ -12,6 +12,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Iterable
 
+from ..errors import ReproError
+
 POLICIES = ("fail", "skip")
 _SHOWN = 50  # an error message lists this many files in full; `DataError.bad` holds all of them
 
@@ -27,7 +29,7 @@ class BadFile:
         return f"{self.path}: {self.reason}"
 
 
-class DataError(ValueError):
+class DataError(ReproError):
     """Bad data found while indexing or converting; `.bad` lists every bad file with its reason."""
 
     def __init__(self, what: str, bad: Iterable[BadFile]):

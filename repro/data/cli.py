@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import DataError, POLICIES
+from .checks import POLICIES, DataError
 
 
 def _log(msg: str):

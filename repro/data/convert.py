@@ -27,8 +27,20 @@ from . import image
 from .caffedb import DatumDB, DBWriter, datum_bytes, datum_key, db_kind, parse_datum
 from .checks import BadFile, DataError, apply_policy, check_policy, format_report
 from .sources import Entry
-from .store import (BAD, FORMAT, IMAGES, LABELS, MANIFEST, NAMES, VERSION, Store, atomic_save_npy,
-                    atomic_write_text, compute_mean, is_store)
+from .store import (
+    BAD,
+    FORMAT,
+    IMAGES,
+    LABELS,
+    MANIFEST,
+    NAMES,
+    VERSION,
+    Store,
+    atomic_save_npy,
+    atomic_write_text,
+    compute_mean,
+    is_store,
+)
 
 CHUNK = 256  # images decoded per checkpoint
 
@@ -128,7 +140,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
                                f"size {res.shape[1]}×{res.shape[2]} differs from the store's {shape[1]}×{shape[2]} "
                                "(give --resize_height/--resize_width)"]
             else:
-                mm[i] = res
+                mm[i] = res  # noqa: F821  (a closure over mm; `del mm` below closes the map)
                 bad.pop(str(i), None)
 
         retry = sorted(int(i) for i in bad)  # rerun after fixing files: try the bad ones again

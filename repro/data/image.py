@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ReproError
+
 try:  # OpenCV is Caffe's own decoder; used when present.
     import cv2  # type: ignore
 
@@ -31,7 +33,7 @@ _COEF_BITS = 11  # OpenCV: INTER_RESIZE_COEF_BITS
 _COEF_SCALE = 1 << _COEF_BITS
 
 
-class ImageDecodeError(ValueError):
+class ImageDecodeError(ReproError):
     """A file that is not a decodable image (the message says why)."""
 
 

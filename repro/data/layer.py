@@ -24,14 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import ReproError
 from .caffedb import DatumDB, db_kind
 from .loader import CursorState, DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, _pin_default
 from .sources import read_list
 from .store import Store, is_store
-from .transform import CaffeRand, TransformSpec, Transformer
+from .transform import CaffeRand, Transformer, TransformSpec
 
 
-class DataLayerError(ValueError):
+class DataLayerError(ReproError):
     """A data layer whose source, settings or data cannot work; the message names the layer."""
 
 

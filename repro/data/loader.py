@@ -25,7 +25,7 @@ import torch
 from .caffedb import DatumDB, parse_datum
 from .image import ImageDecodeError, read_image, to_chw
 from .store import Store
-from .transform import TransformSpec, Transformer
+from .transform import Transformer, TransformSpec
 
 
 class Order:

@@ -25,7 +25,7 @@ Entry = tuple[str, int]  # (path relative to the root folder, label)
 def read_class_list(path: str | os.PathLike) -> list[str]:
     """Class names, one per line, first token (ILSVRC12 `synsets.txt` / `synset_words.txt`)."""
     names = []
-    for i, line in enumerate(Path(path).read_text().splitlines(), 1):
+    for line in Path(path).read_text().splitlines():
         tok = line.split()
         if tok:
             names.append(tok[0])

@@ -29,12 +29,13 @@ from typing import Sequence
 import numpy as np
 
 from ..atomic import atomic_write_bytes, atomic_write_text  # noqa: F401  (re-exported for the data package)
+from ..errors import ReproError
 
 FORMAT, VERSION = "repro-store", 1
 MANIFEST, IMAGES, LABELS, NAMES, BAD = "manifest.json", "images.u8", "labels.npy", "files.txt", "bad_files.txt"
 
 
-class StoreError(ValueError):
+class StoreError(ReproError):
     """A store folder that is missing, incomplete or inconsistent."""
 
 

@@ -24,8 +24,10 @@ from typing import Callable
 import numpy as np
 import torch
 
+from ..errors import ReproError
 
-class TransformError(ValueError):
+
+class TransformError(ReproError):
     """A transform setting that does not fit the data (crop larger than the image, mean of the wrong shape)."""
 
 

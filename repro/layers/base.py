@@ -15,6 +15,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from ..errors import ReproError
 from ..fillers import fill_
 
 Shape = tuple[int, ...]
@@ -22,7 +23,7 @@ Shape = tuple[int, ...]
 _REGISTRY: dict[str, type["CaffeLayer"]] = {}
 
 
-class LayerError(ValueError):
+class LayerError(ReproError):
     """A layer definition Caffe would refuse at SetUp (names the layer, its type and what was expected)."""
 
     def __init__(self, layer, message: str):

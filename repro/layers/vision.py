@@ -10,9 +10,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from ..lrn_fused import lrn_across_channels_fused
 from ..numerics import precise_cuda_wgrad
 from .base import CaffeLayer, canonical_axis, register, spatial_param
+from .lrn_fused import lrn_across_channels_fused
 
 FLT_MAX = 3.4028234663852886e38
 

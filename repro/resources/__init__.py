@@ -1,9 +1,10 @@
 """ILSVRC-2012 constants and the small reference files the paper's study needs, shipped with the package.
 
-This is the one place that knows about ImageNet: the split code (`repro.splits`), the grid (`repro.grid`) and the
-figures (`repro.figures`) are generic over the number of classes and take these values as defaults.
+This is the one place that knows about ImageNet: the split code (`repro.study.splits`), the grid
+(`repro.study.grid`) and the figures (`repro.study.figures`) are generic over the number of classes and take
+these values as defaults.
 
-Files here (copied from yosinski/convnet_transfer @ 9838c27 via ../shared/reference):
+Files here (copied from the paper's own repository, yosinski/convnet_transfer @ 9838c27):
   synsets.txt, synset_words.txt   Caffe's ILSVRC12 class order (label i = line i)
   half_nat_idx.txt, half_man_idx.txt
                                   the natural (449) / man-made (551) partition, original class indices

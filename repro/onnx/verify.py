@@ -13,12 +13,13 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 
-from .onnx_import import load_model
+from ..errors import ReproError
+from .importer import load_model
 
 TOLERANCE = 1e-5
 
 
-class OnnxCheckError(ValueError):
+class OnnxCheckError(ReproError):
     """The file fails the ONNX checker, onnxruntime cannot run it, or it disagrees with PyTorch."""
 
 
@@ -37,7 +38,8 @@ class CheckReport:
     def lines(self) -> list[str]:
         out = [f"{self.path}: ONNX checker ok; onnxruntime ({self.provider}) vs PyTorch on a batch {self.batch_shape}:"]
         for k in self.max_abs:
-            out.append(f"  {k}: max abs diff {self.max_abs[k]:.3g}, relative {self.max_rel[k]:.3g} (target <= {TOLERANCE:g})")
+            out.append(f"  {k}: max abs diff {self.max_abs[k]:.3g}, relative {self.max_rel[k]:.3g} "
+                       f"(target <= {TOLERANCE:g})")
         return out
 
 
@@ -116,7 +118,7 @@ def check_onnx(source, reference=None, *, batch_size: int = 2, seed: int = 0, to
     except OnnxCheckError:
         # The checker's message names the first problem in ONNX terms; ours names every missing initializer
         # or unsupported operator at once, when that is what is wrong.
-        from .onnx_import import OnnxImportError, onnx_to_caffe
+        from .importer import OnnxImportError, onnx_to_caffe
 
         try:
             onnx_to_caffe(model, input_shape)
@@ -126,17 +128,18 @@ def check_onnx(source, reference=None, *, batch_size: int = 2, seed: int = 0, to
     feed = example_batch(model, batch_size, seed)
     got, provider = run_onnx(where if on_disk else model, feed)
     if reference is None:
-        from .onnx_import import net_from_onnx
+        from .importer import net_from_onnx
 
         reference = net_from_onnx(model, input_shape=input_shape)
     elif hasattr(reference, "params") and set(getattr(reference, "inputs", feed)) != set(feed):
         # A train_val net wants labels (and runs its loss layers): compare its weights in the exported
         # deploy net instead.
-        from .onnx_import import deploy_net
+        from .importer import deploy_net
 
         weights = {k: [p.detach().cpu().float().numpy() for p in v] for k, v in reference.params.items()}
         reference = deploy_net(model, weights, device=next(iter(reference.parameters())).device)
-    want = reference(feed) if callable(reference) and not hasattr(reference, "params") else torch_forward(reference, feed)
+    is_fn = callable(reference) and not hasattr(reference, "params")
+    want = reference(feed) if is_fn else torch_forward(reference, feed)
     report = CheckReport(where, provider, tuple(next(iter(feed.values())).shape))
     for name, y in got.items():
         if name not in want:
@@ -149,5 +152,6 @@ def check_onnx(source, reference=None, *, batch_size: int = 2, seed: int = 0, to
         report.max_abs[name] = diff
         report.max_rel[name] = diff / scale if scale else diff
     if report.worst_rel > tolerance or not np.isfinite(report.worst_rel):
-        raise OnnxCheckError("\n".join(report.lines() + [f"{where}: onnxruntime disagrees with PyTorch beyond {tolerance:g}"]))
+        raise OnnxCheckError("\n".join(report.lines() + [f"{where}: onnxruntime disagrees with PyTorch beyond "
+                                                          f"{tolerance:g}"]))
     return report

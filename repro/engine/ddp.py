@@ -6,7 +6,7 @@ The global batch stays the prototxt's (the paper's 256), whatever the process co
 depend on how many GPUs trained it:
 
 * data: every rank draws the crops/mirrors of the whole global batch from the same Caffe RNG stream and reads
-  only its slice (``repro.fast_data.DeviceFeed`` with ``shard=(rank, world)``), so the global batch is
+  only its slice (``repro.data.device_feed.DeviceFeed`` with ``shard=(rank, world)``), so the global batch is
   exactly the one a single process reads from the same Data layer;
 * gradients: each rank's loss is normalised by its local batch (Caffe's VALID / BATCH_SIZE normaliser), and
   DDP averages the gradients over the ranks during the backward, which gives the gradient of the global
@@ -38,10 +38,11 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from .train_step import NetPlan, feedable
+from ..errors import ReproError
+from .plan import NetPlan, feedable
 
 
-class DistributedError(ValueError):
+class DistributedError(ReproError):
     """A distributed run that cannot work as asked (no process group, a batch that does not split)."""
 
 
@@ -97,7 +98,7 @@ class _PlanModule(nn.Module):
 
 class DistributedTrainer:
     """Caffe's ``Solver::Step`` with a data-parallel ForwardBackward, on ``solver`` (whose TRAIN net takes its
-    data as inputs: built from :func:`repro.train_step.feedable`) and ``feed`` (this rank's shard).
+    data as inputs: built from :func:`repro.engine.plan.feedable`) and ``feed`` (this rank's shard).
 
     ``step(iters)`` / ``solve()`` as the Solver's; ``callbacks`` of the solver receive the train, test and
     snapshot events on rank 0 only. ``plan_options`` go to NetPlan (fused_lrn, autocast, ...).
@@ -105,7 +106,7 @@ class DistributedTrainer:
 
     def __init__(self, solver, feed, *, check_stop_every: int = 20, **plan_options):
         if not dist.is_initialized():
-            raise DistributedError("no process group: call repro.distributed.init_process_group() first")
+            raise DistributedError("no process group: call repro.engine.ddp.init_process_group() first")
         self.solver, self.feed = solver, feed
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.device = torch.device(solver.device)
@@ -225,9 +226,9 @@ class DistributedTrainer:
 def distributed_solver(solver_param, *, device, rank: int, world: int, data_root=None, weights=None):
     """Build the Solver of one rank and its feed: the TRAIN net's Data layer becomes an Input of the local
     batch, fed by a DeviceFeed shard of the global batch. Returns (solver, feed)."""
-    from .fast_data import DeviceFeed
-    from .prototxt import filter_net, read_net
-    from .solver import Solver, resolve_path
+    from ..data.device_feed import DeviceFeed
+    from ..prototxt import filter_net, read_net
+    from ..solver import Solver, resolve_path
 
     param = type(solver_param)()
     param.CopyFrom(solver_param)
@@ -276,9 +277,9 @@ def run_ddp(solver, out_dir, *, weights=None, device=None, backend=None, data_ro
     """``repro.train.run`` on every process of a torchrun job: the same run folder (resolved prototxts,
     run.json, log.jsonl, snapshots/, summary.json, final.*), written by rank 0; resumes from the newest
     snapshot. Returns the summary on rank 0, None elsewhere."""
-    from . import train as T
-    from .checkpoint import atomic_write_text, latest_state
-    from .prototxt import read_solver
+    from .. import train as T
+    from ..checkpoint import atomic_write_text, latest_state
+    from ..prototxt import read_solver
 
     rank, world, device = init_process_group(device, backend)
     out = Path(out_dir).absolute()

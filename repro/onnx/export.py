@@ -30,7 +30,8 @@ import onnx
 from google.protobuf import text_format
 from onnx import TensorProto, helper, numpy_helper
 
-from .proto import caffe_pb2
+from ..errors import ReproError
+from ..proto import caffe_pb2
 
 OPSET = 17  # >= 13: Softmax over one axis (Caffe's semantics), Dropout ratio as an input.
 IR_VERSION = 8  # the oldest IR that carries opset 17, so older runtimes and Netron read the files.
@@ -45,7 +46,7 @@ LOSS_TYPES = {
 }
 
 
-class OnnxExportError(ValueError):
+class OnnxExportError(ReproError):
     """A net that cannot be written as a faithful ONNX graph (the message names the layer and why)."""
 
 
@@ -185,10 +186,12 @@ def _emit(g: _Graph, layer, weights) -> None:
         geo = conv_geometry(layer)
         (n, c, h, w), (kh, kw) = shp[0], geo["kernel"]
         if c % geo["group"] or geo["num_output"] % geo["group"]:
-            raise OnnxExportError(f"layer {name!r}: channels {c} / num_output {geo['num_output']} not divisible by group")
-        wshapes = [(geo["num_output"], c // geo["group"], kh, kw)] + ([(geo["num_output"],)] if geo["bias_term"] else [])
+            raise OnnxExportError(f"layer {name!r}: channels {c} / num_output {geo['num_output']} not divisible "
+                                  "by group")
+        bias = geo["bias_term"]
+        wshapes = [(geo["num_output"], c // geo["group"], kh, kw)] + ([(geo["num_output"],)] if bias else [])
         blobs = _weights_for(layer, weights, wshapes)
-        inputs = [bottoms[0], g.init(f"{name}.weight", blobs[0])] + ([g.init(f"{name}.bias", blobs[1])] if geo["bias_term"] else [])
+        inputs = [bottoms[0], g.init(f"{name}.weight", blobs[0])] + ([g.init(f"{name}.bias", blobs[1])] if bias else [])
         # Caffe: ConvolutionLayer::compute_output_shape, floor((H + 2p - (d(k-1)+1)) / s) + 1.
         out = [(x + 2 * p - (d * (k - 1) + 1)) // s + 1 for x, p, k, s, d in
                zip((h, w), geo["pad"], geo["kernel"], geo["stride"], geo["dilation"])]
@@ -375,7 +378,7 @@ def caffe_to_onnx(net_param, weights: Mapping[str, Sequence[np.ndarray]], *, inp
         graph_outputs, initializer=g.inits, doc_string=doc)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="repro-transfer", ir_version=IR_VERSION)
-    from . import __version__
+    from .. import __version__
 
     model.producer_version = __version__
     meta = {PROTOTXT_KEY: deploy_prototxt(net_param, kept, input_blob, chw), "repro_version": __version__}

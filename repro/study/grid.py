@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from . import resources
+from .. import resources
+from ..errors import ReproError
 
 CAFFENET_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8")
 LEARNABLE_TYPES = ("Convolution", "InnerProduct")
@@ -32,7 +33,7 @@ REDUCED_MAX_ITER_FACTOR = 200000 / 450000
 FINE_TUNED_SEEDS = (0, 1)
 
 
-class GridError(ValueError):
+class GridError(ReproError):
     """An impossible cell, an unknown cell name, or a base net the cell cannot be realised on."""
 
 
@@ -115,7 +116,7 @@ class Cell:
 
     @property
     def dataset(self) -> str:
-        """The training dataset, named as `repro.splits` writes it (half0B, halfnatmanA, whole, reduced0010)."""
+        """The training dataset, named as `repro.study.splits` writes it (half0B, halfnatmanA, whole, reduced0010)."""
         if self.split == "whole":
             if self.kind == "reduced" and self.per_class < resources.WHOLE_PER_CLASS:
                 return f"reduced{self.per_class:04d}"
@@ -299,10 +300,10 @@ def realise(cell: Cell, base_net, base_solver, *, val_net=None):
     get `-new`. Val net: the same renames (the test net receives the train net's weights by layer name, so a
     missing rename would evaluate untrained weights) and nothing else, as in the paper's files.
     """
-    from .proto import caffe_pb2
+    from ..proto import caffe_pb2
 
     if val_net is None:
-        from .prototxt import filter_net
+        from ..prototxt import filter_net
         train, val = filter_net(base_net, "TRAIN"), filter_net(base_net, "TEST")
     else:
         train, val = caffe_pb2.NetParameter(), caffe_pb2.NetParameter()

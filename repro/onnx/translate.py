@@ -12,8 +12,8 @@ from collections import OrderedDict, defaultdict
 import numpy as np
 import onnx
 
-from .onnx_import import OnnxImportError, initializer_array
-from .proto import caffe_pb2
+from ..proto import caffe_pb2
+from .importer import OnnxImportError, initializer_array
 
 SUPPORTED_OPS = (
     "Conv", "Relu", "LeakyRelu", "Sigmoid", "Tanh", "MaxPool", "AveragePool", "GlobalMaxPool",
@@ -85,7 +85,8 @@ class Translator:
         dims[0] = dims[0] or 1
         m = onnx.ModelProto()
         m.CopyFrom(self.model)
-        for d, v in zip(m.graph.input[[i.name for i in m.graph.input].index(data.name)].type.tensor_type.shape.dim, dims):
+        graph_input = m.graph.input[[i.name for i in m.graph.input].index(data.name)]
+        for d, v in zip(graph_input.type.tensor_type.shape.dim, dims):
             d.Clear()
             d.dim_value = v
         try:
@@ -234,11 +235,13 @@ class Translator:
         p.stride_h, p.stride_w = a.get("strides", [1, 1])
         p.pad_h, p.pad_w = pads[:2]
         p.dilation.extend(a.get("dilations", [1, 1]))
-        self.weights[layer.name] = [w.astype(np.float32)] + ([b.astype(np.float32).reshape(-1)] if b is not None else [])
+        bias = [b.astype(np.float32).reshape(-1)] if b is not None else []
+        self.weights[layer.name] = [w.astype(np.float32)] + bias
 
     def _pads(self, node, a, n):
         if a.get("auto_pad", b"NOTSET") not in (b"NOTSET", b"VALID", "NOTSET", "VALID"):
-            self.fail(f"{node.op_type} {node.name!r}: auto_pad {a['auto_pad']!r} is not supported; export with explicit pads")
+            self.fail(f"{node.op_type} {node.name!r}: auto_pad {a['auto_pad']!r} is not supported; export with "
+                      "explicit pads")
         return list(a.get("pads", [0] * 2 * n))
 
     def _pool(self, node, method, global_pooling=False):

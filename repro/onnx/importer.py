@@ -18,10 +18,12 @@ import onnx
 from google.protobuf import text_format
 from onnx import numpy_helper
 
-from .onnx_export import PROTOTXT_KEY
-from .proto import caffe_pb2
+from ..errors import ReproError
+from ..proto import caffe_pb2
+from .export import PROTOTXT_KEY
 
-class OnnxImportError(ValueError):
+
+class OnnxImportError(ReproError):
     """An ONNX file that cannot become a Caffe net; the message names the file and the nodes at fault."""
 
 
@@ -49,7 +51,7 @@ def onnx_to_caffe(source, input_shape=None):
     meta = metadata(model)
     if PROTOTXT_KEY in meta:
         return _from_embedded(model, where, meta[PROTOTXT_KEY])
-    from .onnx_translate import Translator
+    from .translate import Translator
 
     return Translator(model, where, input_shape).run()
 
@@ -62,7 +64,7 @@ def read_onnx_weights(source) -> "OrderedDict[str, list[np.ndarray]]":
 
 def net_from_onnx(source, phase: str = "TEST", input_shape=None):
     """A runnable repro.Net rebuilt from an ONNX file (ours or AlexNet-like), weights loaded."""
-    from .net import Net
+    from ..net import Net
 
     model, where = load_model(source)
     net_param, weights = onnx_to_caffe(model, input_shape)
@@ -108,7 +110,7 @@ def filler_generator():
 def deploy_net(model, weights, device=None):
     """The TEST-phase repro.Net of an exported model's embedded prototxt, with ``weights`` copied in: the
     PyTorch side of the check, independent of the file's initializers."""
-    from .net import Net
+    from ..net import Net
 
     text = {p.key: p.value for p in model.metadata_props}[PROTOTXT_KEY]
     net = Net(text, phase="TEST", generator=filler_generator())

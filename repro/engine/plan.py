@@ -14,12 +14,12 @@ batch's copy cannot overlap it); the second holds a second copy of the activatio
   backward computation" and which made those nets ~1.7x faster to train. Those layers run under
   ``torch.no_grad()``: nothing is recorded, no activation is kept for a backward.
 * Caffe's cross-channel LRN runs as one autograd node with Caffe's closed-form backward
-  (:mod:`repro.lrn_fused`) when ``fused_lrn`` (default: on CUDA; on the CPU the LRN layer does so itself).
+  (:mod:`repro.layers.lrn_fused`) when ``fused_lrn`` (default: on CUDA; on the CPU the LRN layer does so itself).
 * ``TrainStep.step`` = Solver::Step's body: clear diffs, ``iter_size`` forward/backward passes, then
   ``Solver.apply_update`` (Caffe's SGD on ``torch._foreach`` ops), ``iter += 1``. The loss comes back as a
   device tensor; read it when you display.
 
-Fast mode (:mod:`repro.fast`) adds bf16 autocast, channels_last and torch.compile on top of the same plan.
+Fast mode (:mod:`repro.engine.modes`) adds bf16 autocast, channels_last and torch.compile on top of the same plan.
 """
 from __future__ import annotations
 
@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .lrn_fused import lrn_across_channels_fused
+from ..errors import ReproError
+from ..layers.lrn_fused import lrn_across_channels_fused
 
 # Layers kept out of autocast and torch.compile: Caffe's losses and metrics (float32 on purpose; they check
 # labels on the host and read protobuf fields, which would split a compiled graph anyway).
@@ -36,7 +37,7 @@ FP32_TYPES = frozenset({"SoftmaxWithLoss", "Softmax", "Accuracy", "EuclideanLoss
                         "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss"})
 
 
-class PlanError(ValueError):
+class PlanError(ReproError):
     """A net the plan cannot run (an input missing, a layer type it cannot place)."""
 
 
@@ -245,11 +246,11 @@ class TrainStep:
 def feedable(net_param, phase: str = "TRAIN", batch_size: int | None = None):
     """``net_param`` for ``phase`` with each Data / ImageData layer replaced by an Input layer of the same name,
     tops and shapes (data: batch x C x crop x crop, label: batch), so batches come from outside (a
-    :class:`repro.data.loader.Loader`, :class:`repro.fast_data.DeviceFeed`, a sharded DDP reader). Returns
+    :class:`repro.data.loader.Loader`, :class:`repro.data.device_feed.DeviceFeed`, a sharded DDP reader). Returns
     (new NetParameter, {layer name: the replaced LayerParameter}) -- the latter keeps the transform and source
     settings the feeder needs. ``batch_size`` overrides the prototxt's."""
-    from .layers import build_layer
-    from .prototxt import filter_net, read_net
+    from ..layers import build_layer
+    from ..prototxt import filter_net, read_net
 
     src = filter_net(read_net(net_param), phase)
     out = type(src)()

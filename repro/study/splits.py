@@ -26,12 +26,13 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from . import resources
+from .. import resources
+from ..errors import ReproError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
-class SplitError(ValueError):
+class SplitError(ReproError):
     """Bad input to the split code: the message names the file, line and what was expected."""
 
 

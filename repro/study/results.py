@@ -10,7 +10,7 @@ anything but "test" are skipped. A run that resumes appends;
 when an iteration is tested twice the later line wins, as the latest timestamp wins in the paper's logs. A last
 line without its newline (a run killed mid-write) is ignored with a warning.
 
-The run's name is its folder's name, which is the cell's name (`repro.grid.Cell.name`: half0A,
+The run's name is its folder's name, which is the cell's name (`repro.study.grid.Cell.name`: half0A,
 transfer0A0B_1_3, …), as in the paper's results/ folders.
 
 The metric of every figure (FIGURES.md section 1): the mean of a net's 10 highest test top-1 values over all
@@ -26,11 +26,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
+from ..errors import ReproError
+
 RUN_LOG = "log.jsonl"
 TOP_K = 10      # the notebook's last_n = 10
 
 
-class ResultsError(ValueError):
+class ResultsError(ReproError):
     """A run log that cannot be read: the message names the file and line."""
 
 
@@ -76,7 +78,8 @@ def read_run_log(path: str | os.PathLike) -> list[TestPoint]:
     if lines and lines[-1] == "":
         lines.pop()
     elif lines:
-        warnings.warn(f"{path}:{len(lines)}: last line has no newline (run killed mid-write?); ignoring it")
+        warnings.warn(f"{path}:{len(lines)}: last line has no newline (run killed mid-write?); ignoring it",
+                      stacklevel=2)
         lines.pop()
     for lineno, line in enumerate(lines, 1):
         if not line.strip():

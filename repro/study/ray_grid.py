@@ -1,7 +1,7 @@
 """The grid on a Ray cluster: one Ray task per net, holding a GPU; a transfer waits for its base net's result.
 
 Ray (an optional extra: `pip install ray`) does the scheduling that repro/scheduler.py does on one machine:
-each net of a plan (`repro.scheduler.plan`) becomes one `@ray.remote` task that asks for `num_gpus` GPUs (Ray
+each net of a plan (`repro.study.scheduler.plan`) becomes one `@ray.remote` task that asks for `num_gpus` GPUs (Ray
 sets CUDA_VISIBLE_DEVICES, so the task trains on "cuda"; with 0 it trains on the CPU). A transfer's task
 takes its base net's task result (an ObjectRef) as an argument, so Ray starts it only once that base net
 has finished, and it copies the weights file the result names. A base net that fails fails its dependants
@@ -9,7 +9,7 @@ with it (Ray passes the error on); the others go on.
 
 The run folders (`Study.runs`) and the data (`Study.root`) must be on a file system every node sees, as the
 paper's cluster jobs shared one results/ folder. Finished nets are skipped and unfinished ones resume, as
-with the local scheduler: each task calls `repro.study.run_cell` (its console output goes to the run folder's
+with the local scheduler: each task calls `repro.study.cells.run_cell` (its console output goes to the run folder's
 console.log).
 """
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+from .cells import Study, StudyError
 from .scheduler import Job
-from .study import Study, StudyError
 
 
 def _ray():
@@ -35,8 +35,8 @@ def train_net(study: Study, name: str, threads: int, *bases: dict) -> dict:
 
     import torch
 
+    from .cells import run_cell_quietly
     from .grid import cell_from_name
-    from .study import run_cell_quietly
 
     torch.set_num_threads(max(1, threads))
     # Ray hides the other GPUs: the one it gave this task is "cuda" (cuda:0 of CUDA_VISIBLE_DEVICES).
@@ -54,12 +54,12 @@ def run_plan_ray(study: Study, jobs: Sequence[Job], *, num_gpus: float = 1, num_
                  threads: int | None = None, address: str | None = None, init_kwargs: dict | None = None,
                  log: Callable[[str], None] = print) -> dict[str, str]:
     """Run a plan's unfinished nets as Ray tasks; returns {net: "done" | "skipped (finished)" | "failed: why" |
-    "not run: base net X failed"}, as repro.scheduler.run_plan does.
+    "not run: base net X failed"}, as repro.study.scheduler.run_plan does.
 
     address: the cluster to join ("auto", "ray://host:10001"); None starts a local Ray instance unless one is
     running in this process already. num_gpus / num_cpus: the resources each net's task asks for.
     """
-    from .study import ensure_study_data
+    from .cells import ensure_study_data
 
     ray = _ray()
     if not ray.is_initialized():

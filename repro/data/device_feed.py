@@ -11,7 +11,7 @@ to the uint8 batch. What this adds for a GPU:
   one batch ahead (``wait_stream`` + ``record_stream`` hand the tensors to the compute stream safely);
 * ``shard=(rank, world)`` gives rank ``rank`` its slice of every *global* batch: the global batch (images,
   draws) is exactly the one a single process would read, so data-parallel training sees the same data at
-  any GPU count (repro.distributed).
+  any GPU count (repro.engine.ddp).
 
 ``state_dict()`` / ``load_state_dict()`` resume at the exact batch with the exact draws.
 ``DeviceFeed.from_layer(layer_param, ...)`` reads the store a Net's Data layer names with the seeds the
@@ -26,12 +26,13 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from .data.loader import Order
-from .data.store import Store
-from .data.transform import TransformSpec, Transformer
+from ..errors import ReproError
+from .loader import Order
+from .store import Store
+from .transform import Transformer, TransformSpec
 
 
-class FeedError(ValueError):
+class FeedError(ReproError):
     """A feed that cannot be built (a source that is not a store, a batch that does not split over ranks)."""
 
 
@@ -179,8 +180,8 @@ class DeviceFeed:
                    device="cpu", shard=(0, 1), batch_size: int | None = None, **kw) -> "DeviceFeed":
         """The feed of a Data layer over a store, with the seeds ``repro.data.layer.DataLayerFeeder`` uses
         (``seed`` default: torch.initial_seed(), as a Net's feeder): same records, crops and mirrors."""
-        from .data.layer import DataLayerFeeder
-        from .data.loader import StoreSource
+        from .layer import DataLayerFeeder
+        from .loader import StoreSource
 
         feeder = DataLayerFeeder(layer_param, phase, base_dir, seed=seed)
         try:
@@ -210,7 +211,7 @@ def write_store(path, images, labels, names=None, classes=None, source: str = "s
     import shutil
     from pathlib import Path
 
-    from .data.store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES, VERSION
+    from .store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES, VERSION
 
     path = Path(path)
     labels = np.asarray(labels, np.int32)

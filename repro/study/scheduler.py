@@ -20,8 +20,8 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from .cells import Study, StudyError, has_snapshot, is_finished
 from .grid import Cell, all_cells, cell_from_name, dependencies
-from .study import Study, StudyError, has_snapshot, is_finished
 
 # The mini study's schedule (tools/mini_study.py): prototxt/small/solver.prototxt stretched from 600 to 1200
 # iterations (the rate drops at 800 instead of 400): after 600 a base net is still far from trained (half0A:
@@ -50,7 +50,7 @@ class Job:
 
 def select_cells(cells: Iterable[Cell] | None = None, *, kinds: Sequence[str] = (), splits: Sequence[str] = (),
                  ns: Sequence[int] = (), names: Sequence[str] = (), conditions: Sequence[str] = ()) -> list[Cell]:
-    """The cells (default: the paper's 170, `repro.grid.all_cells()`) that match every given filter.
+    """The cells (default: the paper's 170, `repro.study.grid.all_cells()`) that match every given filter.
 
     kinds: base / transfer / nolearn / reduced; splits: "0".."3", "natman", "whole"; ns: layer counts;
     names: shell patterns on the cell name (`transfer0A*`, `half?A`), a cell matching any of them is kept;
@@ -143,7 +143,7 @@ def _run_one(study: Study, name: str, device: str, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    from .study import run_cell_quietly
+    from .cells import run_cell_quietly
 
     t0 = time.time()
     result = run_cell_quietly(study, cell_from_name(name), device=device)
@@ -160,7 +160,7 @@ def run_plan(study: Study, jobs: Sequence[Job], devices: Sequence[str] = ("cpu",
     Workers are started with multiprocessing's "spawn" (safe with CUDA and threads): a script that calls this
     must guard its entry point with `if __name__ == "__main__":`, as tools/*.py do. A worker's console output
     goes to `<run dir>/console.log`; `log` gets one line per start, finish and failure."""
-    from .study import ensure_study_data
+    from .cells import ensure_study_data
 
     devices = list(devices)
     if not devices:

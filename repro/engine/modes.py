@@ -14,7 +14,7 @@ What each switch changes, and why it stays close to Caffe:
 * ``bf16``: convolutions and inner products run under ``torch.autocast(bfloat16)`` (8-bit mantissa, float32
   range, so no loss scaling). Weights, their gradients, Caffe's momentum history and the update stay float32
   (autocast keeps float32 master weights); Caffe's loss and accuracy layers run in float32
-  (``repro.train_step.FP32_TYPES``).
+  (``repro.engine.plan.FP32_TYPES``).
 * ``channels_last``: the 4-D weights, their momentum history and the data are stored NHWC, the layout tensor
   cores read without transposes. Values and shapes do not change.
 * ``tf32``: float32 products that remain (everything with ``bf16`` off) may use TF32 tensor cores.
@@ -32,8 +32,8 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-from .numerics import set_faithful
-from .train_step import TrainStep
+from ..numerics import set_faithful
+from .plan import TrainStep
 
 
 @dataclass(frozen=True)
@@ -92,7 +92,7 @@ def to_channels_last(solver) -> None:
 
 
 def fast_step(solver, mode: FastMode = FastMode(), **plan_options) -> TrainStep:
-    """A :class:`repro.train_step.TrainStep` for ``solver`` in ``mode`` (numerics set, layouts converted)."""
+    """A :class:`repro.engine.plan.TrainStep` for ``solver`` in ``mode`` (numerics set, layouts converted)."""
     apply_numerics(mode)
     if mode.channels_last:
         to_channels_last(solver)

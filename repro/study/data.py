@@ -7,7 +7,7 @@ training set's `imagenet_mean.binaryproto` (PROTOCOL.md sections 2, 5). For the 
     <root>/<dataset>_train/               a store (repro/data/store.py) of the split's training images
     <root>/<dataset>_val/                 the split's validation images
     <root>/<dataset>_mean.binaryproto     compute_image_mean of <dataset>_train
-    <root>/splits/{train,val}/<dataset>/  the split lists (repro.splits, the paper's make_reduced_dataset.py)
+    <root>/splits/{train,val}/<dataset>/  the split lists (repro.study.splits, the paper's make_reduced_dataset.py)
 
 which is the layout prototxt/small/train_val.prototxt names (`data/builtin/half0A_train`, ...). The images are
 copied in the split list's order with its labels (a store is read sequentially, like Caffe's DB cursor). Every
@@ -24,12 +24,14 @@ from pathlib import Path
 
 import numpy as np
 
+from ..errors import ReproError
+
 _PART = re.compile(r"^(?P<ds>.+)_(?P<part>train|val)$")
 _MEAN = re.compile(r"^(?P<ds>.+)_mean\.binaryproto$")
 _CHUNK = 512
 
 
-class StudyDataError(ValueError):
+class StudyDataError(ReproError):
     """A path that is not a built-in dataset, or a dataset the built-in data cannot provide."""
 
 
@@ -45,7 +47,7 @@ def is_builtin_root(root) -> bool:
 
 
 def _root_ready(root: Path) -> Path:
-    from .data.builtin import ensure_builtin
+    from ..data.builtin import ensure_builtin
 
     if not is_builtin_root(root):
         ensure_builtin(root)   # generates it (seconds), or refuses a folder that holds something else
@@ -54,7 +56,7 @@ def _root_ready(root: Path) -> Path:
 
 def split_lists(root) -> Path:
     """Write the split lists of the built-in data (random halves 0-3, natural/man-made, reduced sets) once."""
-    from . import resources
+    from .. import resources
     from .splits import make_splits, read_indices
 
     root = Path(root)
@@ -72,7 +74,7 @@ def split_lists(root) -> Path:
 
 def _write_store(view, out: Path, source: str) -> Path:
     """Copy a Store view into a new store folder at `out`, atomically (build beside it, then rename)."""
-    from .data.store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES, VERSION
+    from ..data.store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES, VERSION
 
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.partial."))
     try:
@@ -101,7 +103,7 @@ def _write_store(view, out: Path, source: str) -> Path:
 
 def ensure_part(root, dataset: str, part: str) -> Path:
     """`<root>/<dataset>_<part>`: the store of one split's train or val images (built if absent)."""
-    from .data.store import Store, is_store
+    from ..data.store import Store, is_store
 
     root = Path(root)
     out = root / f"{dataset}_{part}"
@@ -113,13 +115,13 @@ def ensure_part(root, dataset: str, part: str) -> Path:
         have = sorted(p.name for p in (root / "splits" / part).iterdir())
         raise StudyDataError(f"{out}: the built-in data has no {part} set {dataset!r} (it has {have})")
     view = Store(root / part).select(lst)
-    return _write_store(view, out, f"repro.study_data: {dataset} {part} of {root}")
+    return _write_store(view, out, f"repro.study.data: {dataset} {part} of {root}")
 
 
 def ensure_mean(root, dataset: str) -> Path:
     """`<root>/<dataset>_mean.binaryproto`: compute_image_mean of the dataset's training store."""
-    from .caffemodel import write_mean
-    from .data.store import Store, compute_mean
+    from ..caffemodel import write_mean
+    from ..data.store import Store, compute_mean
 
     root = Path(root)
     out = root / f"{dataset}_mean.binaryproto"

@@ -19,10 +19,17 @@ from pathlib import Path
 
 import numpy as np
 
-from .onnx_export import OnnxExportError, caffe_to_onnx
-from .onnx_import import (OnnxImportError, filler_generator, set_weights, deploy_net, net_from_onnx, onnx_to_caffe,
-                          read_onnx_weights)
-from .onnx_verify import TOLERANCE, CheckReport, OnnxCheckError, check_onnx
+from .export import OnnxExportError, caffe_to_onnx
+from .importer import (
+    OnnxImportError,
+    deploy_net,
+    filler_generator,
+    net_from_onnx,
+    onnx_to_caffe,
+    read_onnx_weights,
+    set_weights,
+)
+from .verify import TOLERANCE, CheckReport, OnnxCheckError, check_onnx
 
 __all__ = ["export_onnx", "check_onnx", "read_onnx_weights", "net_from_onnx", "onnx_to_caffe", "load_weights",
            "copy_from_onnx",
@@ -47,7 +54,7 @@ def load_weights(path) -> "OrderedDict[str, list[np.ndarray]]":
         return read_onnx_weights(path)
     if path.suffix == ".pt":
         return _pt_weights(path)
-    from .caffemodel import read_caffemodel
+    from ..caffemodel import read_caffemodel
 
     return read_caffemodel(path)
 
@@ -141,7 +148,7 @@ def _state_source(path: Path):
     if isinstance(state, dict) and isinstance(state.get("solver"), str):
         from google.protobuf import text_format
 
-        from .proto import caffe_pb2
+        from ..proto import caffe_pb2
 
         solver = text_format.Parse(state["solver"], caffe_pb2.SolverParameter())
         if solver.HasField("net_param"):
@@ -181,8 +188,8 @@ def _last_test(path: Path) -> dict:
 
 def source_net(source, weights=None, input_shape=None):
     """(repro.Net, its TEST-phase NetParameter, metadata) from any export source (see export_onnx)."""
-    from .net import Net
-    from .prototxt import filter_net, read_net
+    from ..net import Net
+    from ..prototxt import filter_net, read_net
 
     meta = {}
     if isinstance(source, Net):
@@ -219,7 +226,7 @@ def source_net(source, weights=None, input_shape=None):
 
 
 def _first_data_top(net_param):
-    from .onnx_export import DATA_TYPES
+    from .export import DATA_TYPES
 
     for layer in net_param.layer:
         if layer.type in DATA_TYPES:

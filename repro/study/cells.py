@@ -10,7 +10,7 @@ Data sources. The base net's Data layers name the dataset they read (`data/built
 path is rewritten per cell, as the paper's folders point their symlinks at another dataset:
   * TRAIN data layer: the cell's training set (`Cell.dataset`);
   * TEST data layer: the cell's validation set (`Cell.val_dataset`);
-  * every mean_file: the *source* half's training mean for transfers (`repro.grid.mean_source`).
+  * every mean_file: the *source* half's training mean for transfers (`repro.study.grid.mean_source`).
 Relative paths are resolved against `Study.root` and written absolute, so a run folder works from anywhere.
 With `Study.builtin`, a missing `<dir>/<dataset>_train|_val` store or `<dataset>_mean.binaryproto` whose folder
 is the built-in dataset's root is generated from it (repro/study_data.py); otherwise a missing source is an
@@ -27,22 +27,23 @@ import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..errors import ReproError
 from .grid import Cell, GridError, dependencies, mean_source, realise
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SMALL_NET = REPO / "prototxt" / "small" / "train_val.prototxt"
 SMALL_SOLVER = REPO / "prototxt" / "small" / "solver.prototxt"
 CAFFENET_NET = REPO / "prototxt" / "caffenet" / "train_val.prototxt"
 CAFFENET_SOLVER = REPO / "prototxt" / "caffenet" / "solver.prototxt"
 
-# A dataset name as repro.splits writes it; the last one in a path is the one a cell rewrites.
+# A dataset name as repro.study.splits writes it; the last one in a path is the one a cell rewrites.
 DATASET_TOKEN = re.compile(r"half(?:\d+|natman)[AB]|whole|reduced\d{4}")
 # The realised nets' file names (the paper's imagenet_train/val.prototxt, as repro.train names them).
 TRAIN_FILE, VAL_FILE = "train.prototxt", "val.prototxt"
 FINAL_WEIGHTS = ("final.caffemodel", "final.pt", "final.onnx")   # lookup order for a base net's weights
 
 
-class StudyError(ValueError):
+class StudyError(ReproError):
     """A cell that cannot be run as asked: missing data or base weights, a base net without dataset names."""
 
 
@@ -187,10 +188,10 @@ def _one_phase(net_param) -> None:
 
 def realised(study: Study, cell: Cell):
     """(train NetParameter, val NetParameter, SolverParameter) of `cell` with its data, mean and schedule:
-    repro.grid.realise (frozen layers, `-new` renames, reduced-data solver) plus the data paths and the
+    repro.study.grid.realise (frozen layers, `-new` renames, reduced-data solver) plus the data paths and the
     `max_iter` override. The solver names its nets `train.prototxt` / `val.prototxt` (files of the run folder)
     and snapshots into the run folder."""
-    from .prototxt import read_net, read_solver
+    from ..prototxt import read_net, read_solver
 
     base_net, base_solver = read_net(study.net), read_solver(study.solver)
     try:
@@ -246,8 +247,8 @@ def emit(study: Study, cell: Cell, out_dir) -> list[Path]:
     """Write the realised `train.prototxt`, `val.prototxt` and `solver.prototxt` of `cell` into `out_dir`, the
     same text a run of the cell records in its folder (for audit: nothing is trained, no data is read or
     generated). Returns the paths written."""
-    from .checkpoint import atomic_write_text
-    from .train import resolved_files
+    from ..checkpoint import atomic_write_text
+    from ..train import resolved_files
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -264,7 +265,7 @@ def ensure_data(study: Study, paths) -> None:
     """Make sure every data path exists: generate built-in ones (Study.builtin), else say what is missing."""
     missing = [p for p in paths if not Path(p).exists()]
     if missing and study.builtin:
-        from .study_data import ensure_builtin_path
+        from .data import ensure_builtin_path
 
         for p in missing:
             ensure_builtin_path(p)
@@ -309,8 +310,8 @@ def base_weights(study: Study, cell: Cell, given=None) -> Path | None:
 def load_base(net, path) -> list[str]:
     """Copy a weights file (.caffemodel, .pt or .onnx) into `net` by layer name (Caffe:
     Net::CopyTrainedLayersFrom); returns the layers copied."""
-    from .onnx_io import load_weights
-    from .onnx_import import set_weights
+    from ..onnx.importer import set_weights
+    from ..onnx.io import load_weights
 
     return set_weights(net, load_weights(path), os.fspath(path))
 
@@ -319,7 +320,7 @@ def load_base(net, path) -> list[str]:
 
 def is_finished(study: Study, cell: Cell) -> bool:
     """Finished as repro.train decides: final.caffemodel and summary.json are written (they come last)."""
-    from .train import FINAL_CAFFEMODEL, SUMMARY_FILE
+    from ..train import FINAL_CAFFEMODEL, SUMMARY_FILE
 
     d = study.run_dir(cell)
     return (d / FINAL_CAFFEMODEL).is_file() and (d / SUMMARY_FILE).is_file()
@@ -328,7 +329,7 @@ def is_finished(study: Study, cell: Cell) -> bool:
 def has_snapshot(study: Study, cell: Cell) -> bool:
     """Whether an unfinished run left a snapshot to resume from (a resume state file is there; which one loads
     is repro.train's choice: a CaffeNet state is large, so a plan of 170 nets does not open them)."""
-    from .train import SNAPSHOT_PREFIX
+    from ..train import SNAPSHOT_PREFIX
 
     prefix = study.run_dir(cell) / SNAPSHOT_PREFIX
     return any(prefix.parent.glob(f"{prefix.name}_iter_*.state.pt"))
@@ -374,7 +375,7 @@ def run_cell(study: Study, cell: Cell, *, device=None, weights=None, log=print) 
     weights: the base net's weights for a transfer (default: its base run's final weights). Returns
     {"cell", "run_dir", "status", "weights" (the run's final weights), "score" (mean of the 10 best test top-1)}.
     """
-    from . import train as trainer
+    from .. import train as trainer
 
     inlined = inlined_solver(study, cell)
     train, val = inlined.train_net_param, inlined.test_net_param[0]

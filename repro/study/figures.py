@@ -1,6 +1,6 @@
 """Figures 2 and 3, the reduced-data curve and Table 1 of the paper, as tables (here) and plots (figures_plot).
 
-Input everywhere: per-net scores, [(net name, metric)] as `repro.results.scores` returns them (the metric is the
+Input everywhere: per-net scores, [(net name, metric)] as `repro.study.results.scores` returns them (the metric is the
 mean of a net's 10 best test top-1 values). Names are the cells' names; names that are not cells are ignored
 with a warning. The grouping and averaging follow the paper's notebook (FIGURES.md sections 2-5):
   * Figure 2 uses the random splits only: base = all 8 half nets (A and B), BnB = the AnA selffers, AnB pools
@@ -37,7 +37,8 @@ def classify(net_scores: Mapping[str, float] | Iterable[tuple[str, float]]) -> l
         except GridError:
             unknown.append(name)
     if unknown:
-        warnings.warn(f"ignoring {len(unknown)} runs whose names are not cell names: {sorted(unknown)[:8]}")
+        warnings.warn(f"ignoring {len(unknown)} runs whose names are not cell names: {sorted(unknown)[:8]}",
+                      stacklevel=2)
     return out
 
 
@@ -232,7 +233,7 @@ def plot_figure2(net_scores, stem, paper=None) -> list:
         _, mk, face, line = _FIG2_STYLE[cond]
         bot.plot(xs, ys, "-" + mk, color=line, mfc=face, mec="black", label=cond)
     if paper is not None:
-        for i, (cond, (xs, ys)) in enumerate(_fig2_lines(paper)[1].items()):
+        for i, (xs, ys) in enumerate(_fig2_lines(paper)[1].values()):
             bot.plot(xs, ys, label="paper" if i == 0 else None, **_PAPER)
     for ax in (top, bot):
         ax.set_xlim(-0.2, 7.3)

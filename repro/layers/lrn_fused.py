@@ -8,7 +8,8 @@ form (``LRNLayer::CrossChannelBackward_gpu``):
 
     scale   = k + alpha / size * sum_{c' in window(c)} x[c']^2
     top     = x * scale^(-beta)
-    bottom' = top' * scale^(-beta) - (2 * alpha * beta / size) * x * sum_{c' in window(c)} top'[c'] * top[c'] / scale[c']
+    bottom' = top' * scale^(-beta)
+              - (2 * alpha * beta / size) * x * sum_{c' in window(c)} top'[c'] * top[c'] / scale[c']
 
 (the window is symmetric because Caffe only allows odd local_size, so the same window sum serves the forward
 and the backward). On CUDA both window sums are one channel-axis ``avg_pool3d`` with ``divisor_override=1``

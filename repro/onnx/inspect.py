@@ -8,10 +8,9 @@ from __future__ import annotations
 import math
 
 import onnx
-from onnx import numpy_helper
 
-from .onnx_export import PROTOTXT_KEY
-from .onnx_import import OnnxImportError, load_model, metadata
+from .export import PROTOTXT_KEY
+from .importer import OnnxImportError, load_model, metadata
 
 
 def _dims(vi):
