@@ -36,8 +36,7 @@ def train_once(mode: str, seed: int, iters: int, test_every: int, root: Path, de
     from repro.data.device_feed import DeviceFeed
     from repro.data.store import Store
     from repro.data.transform import TransformSpec
-    from repro.engine.modes import FastMode, fast_step
-    from repro.engine.plan import NetPlan, TrainStep, feedable
+    from repro.engine.plan import NetPlan, feedable
     from repro.net import Net
     from repro.numerics import set_faithful
     from repro.prototxt import read_solver
@@ -61,11 +60,7 @@ def train_once(mode: str, seed: int, iters: int, test_every: int, root: Path, de
     feed = DeviceFeed(Store(root / "train"), batch, TransformSpec(crop_size=crop, mirror=True, mean=mean),
                       seed=seed, device=device, shuffle=True, order_seed=seed)
     val = Store(root / "val")
-    if mode == "fast":
-        step = fast_step(solver, FastMode(compile=compile))
-    else:
-        set_faithful(True)
-        step = TrainStep(solver)
+    solver.set_numerics("fast" if mode == "fast" else "faithful", compile=compile and mode == "fast")
     test_plan = NetPlan(test_net)
 
     def evaluate():
@@ -82,7 +77,7 @@ def train_once(mode: str, seed: int, iters: int, test_every: int, root: Path, de
     curve, losses = [], []
     t = time.perf_counter()
     while solver.iter < iters:
-        losses.append(step.step(feed.next_batch()))
+        losses.append(solver.train_iteration(feed.next_batch()))
         if solver.iter % test_every == 0 or solver.iter == iters:
             curve.append((solver.iter, evaluate(), float(torch.stack(losses[-20:]).mean())))
     if device.type == "cuda":

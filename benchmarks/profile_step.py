@@ -84,7 +84,7 @@ NAME_CATEGORY = {"aten::max_pool2d_with_indices": "pooling", "aten::max_pool2d_w
 
 class LayerRanges:
     """While active, every Caffe layer's forward runs inside ``record_function("layer:TYPE:NAME")``, through
-    torch's global nn.Module forward hooks (repro/ is not touched; TrainStep offers no hook of its own)."""
+    torch's global nn.Module forward hooks (repro/ is not touched; the run plan offers no hook of its own)."""
 
     def __init__(self):
         from repro.layers.base import CaffeLayer

@@ -4,10 +4,11 @@
   python benchmarks/share_gpu.py --device cpu --procs 1,2 --seconds 2          # the script itself, on a CPU
 
 Each process trains prototxt/small (the study's net for the built-in data; batch 64, 56x56 crops) end to end:
-a DeviceFeed over one shared synthetic 64x64 store (memory-mapped by every process) into a faithful float32
-TrainStep. All processes of a round start their timed window at the same moment (after their own start-up
-and warm-up) and run it for --seconds. Reported per round: images/s of each process, their sum, the sum
-relative to one process (``share_speedup_N``), and each process's peak GPU memory (how many fit).
+a DeviceFeed over one shared synthetic 64x64 store (memory-mapped by every process) into the Solver's own
+engine (``train_iteration``, faithful float32). All processes of a round start their timed window at the same
+moment (after their own start-up and warm-up) and run it for --seconds. Reported per round: images/s of each
+process, their sum, the sum relative to one process (``share_speedup_N``), and each process's peak GPU
+memory (how many fit).
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ def child(a) -> None:
     from repro.data.device_feed import DeviceFeed
     from repro.data.store import Store
     from repro.data.transform import TransformSpec
-    from repro.engine.plan import TrainStep, feedable
+    from repro.engine.plan import feedable
     from repro.proto import caffe_pb2
     from repro.solver import Solver
 
@@ -41,13 +42,12 @@ def child(a) -> None:
     sp.base_lr, sp.lr_policy, sp.momentum, sp.weight_decay, sp.max_iter = 0.01, "fixed", 0.9, 5e-4, 10**9
     sp.random_seed = a.seed
     solver = Solver(sp, device=device)
-    step = TrainStep(solver)
     store = Store(a.store)
     mean = np.full((3, 64, 64), 110.0, np.float32)
     feed = DeviceFeed(store, a.batch, TransformSpec(crop_size=56, mirror=True, mean=mean), seed=a.seed,
                       device=device, workers=2)
     for _ in range(20):
-        step.step(feed.next_batch())
+        solver.train_iteration(feed.next_batch())
     if device.type == "cuda":
         torch.cuda.synchronize()
     while time.time() < a.start_at:
@@ -56,7 +56,7 @@ def child(a) -> None:
     n, t0 = 0, time.perf_counter()
     while True:
         for _ in range(10):
-            step.step(feed.next_batch())
+            solver.train_iteration(feed.next_batch())
         n += 10
         if device.type == "cuda":
             torch.cuda.synchronize()

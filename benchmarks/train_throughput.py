@@ -117,33 +117,25 @@ def solver_param(net_path, batch: int, frozen: int = 0):
 
 
 def build(variant: str, net_path, batch: int, device):
-    """(step function batch -> None, solver) for a NET_MODE variant (module doc)."""
-    from repro.engine.modes import TF32_ONLY, FastMode, fast_step
-    from repro.engine.plan import TrainStep
+    """(step function batch -> None, solver) for a NET_MODE variant (module doc): every variant is the
+    Solver's own engine (``Solver.train_iteration`` through its run plan) in one numerics mode."""
+    from dataclasses import replace
+
+    from repro.engine.modes import MODES
     from repro.solver import Solver
 
     net_kind, mode = variant.split("_", 1)
     frozen = 0 if net_kind == "base" else int(net_kind[len("frozen"):])
     solver = Solver(solver_param(net_path, batch, frozen), device=device)  # builds nets: faithful numerics
-    if mode == "fp32":
-        step = TrainStep(solver)
-    elif mode == "layerlrn":
-        step = TrainStep(solver, fused_lrn=False)
-    elif mode == "solver":
+    if mode == "solver":  # the whole Solver::Step (test/display/snapshot checks included)
         return (lambda b: solver.step(1, feed=b)), solver
-    elif mode == "tf32":
-        step = fast_step(solver, TF32_ONLY)
-    elif mode == "fp32bench":
-        step = fast_step(solver, FastMode(bf16=False, channels_last=False, tf32=False, cudnn_benchmark=True))
-    elif mode == "fast":
-        step = fast_step(solver, FastMode())
-    elif mode == "bf16":
-        step = fast_step(solver, FastMode(channels_last=False))
-    elif mode == "compile":
-        step = fast_step(solver, FastMode(compile=True))
-    else:
+    variants = {"fp32": MODES["faithful"], "layerlrn": replace(MODES["faithful"], fused_lrn=False),
+                "tf32": MODES["tf32"], "fp32bench": MODES["fp32"], "fast": MODES["fast"],
+                "bf16": replace(MODES["fast"], channels_last=False), "compile": MODES["fast"]}
+    if mode not in variants:
         raise SystemExit(f"unknown variant mode {mode!r} in {variant!r}")
-    return step.step, solver
+    solver.set_numerics(variants[mode], compile=mode == "compile")
+    return solver.train_iteration, solver
 
 
 # ---------------------------------------------------------------------------------------------- timing

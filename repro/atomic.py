@@ -6,6 +6,7 @@ target (``os.replace`` is atomic on POSIX and Windows). No torch import here: th
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Callable
@@ -43,3 +44,19 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
 def atomic_write_text(path: str | Path, text: str) -> Path:
     # surrogateescape: file names read from a list with undecodable bytes are written back unchanged
     return atomic_write_bytes(path, text.encode("utf-8", errors="surrogateescape"))
+
+
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # what atomic_write's mkstemp names look like
+
+
+def clean_stale_temps(folder: str | Path) -> list[Path]:
+    """Remove the temporary files a killed writer left in ``folder`` (call it only while owning the folder:
+    a live writer's temp file would go too). Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    if folder.is_dir():
+        for p in folder.iterdir():
+            if _TEMP_RE.match(p.name) and p.is_file():
+                p.unlink(missing_ok=True)
+                removed.append(p)
+    return removed

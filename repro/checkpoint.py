@@ -13,8 +13,10 @@ leaves either the old file or the new one, never half of one.
 """
 from __future__ import annotations
 
+import errno
 import random
 import re
+import shutil
 from collections import OrderedDict
 from pathlib import Path
 
@@ -37,7 +39,19 @@ class CheckpointError(ReproError):
 
 
 def atomic_torch_save(obj, path: str | Path) -> Path:
-    return atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save, atomically. A failed write (a full disk: torch reports it as a RuntimeError from its zip
+    writer) becomes an OSError naming the file and the free space, so a tool prints one line."""
+    def save(tmp):
+        try:
+            torch.save(obj, tmp)
+        except RuntimeError as e:
+            if "write" not in str(e).lower():
+                raise
+            free = shutil.disk_usage(Path(tmp).parent).free
+            raise OSError(errno.ENOSPC if free < (64 << 20) else errno.EIO,
+                          f"could not write {path} ({free / 2**20:.0f} MiB free on that disk): "
+                          f"{str(e).splitlines()[0]}") from None
+    return atomic_write(path, save)
 
 
 # ------------------------------------------------------------------------------------------------ RNG states
@@ -102,8 +116,10 @@ def load_state(path: str | Path) -> dict:
     return state
 
 
-def latest_state(prefix: str | Path) -> Path | None:
-    """The newest complete snapshot state ``<prefix>_iter_<N>.state.pt`` (highest N that loads), or None."""
+def find_resume_state(prefix: str | Path, log=None) -> Path | None:
+    """The newest complete snapshot state ``<prefix>_iter_<N>.state.pt`` (highest N that loads), or None when
+    there is none. A damaged one (e.g. copied half-way by hand) is named through ``log`` and the one before
+    it is tried; when every one is damaged that is an error, not a silent restart from iteration 0."""
     prefix = Path(prefix)
     folder = prefix.parent if prefix.parent != Path("") else Path(".")
     if not folder.is_dir():
@@ -113,13 +129,28 @@ def latest_state(prefix: str | Path) -> Path | None:
         m = _ITER_RE.search(p.name)
         if m and p.name[: m.start()] == prefix.name:
             found.append((int(m.group(1)), p))
+    damaged = []
     for _, p in sorted(found, reverse=True):
         try:
             load_state(p)
-        except CheckpointError:
-            continue  # a damaged file (e.g. copied half-way by hand): fall back to the one before
+        except CheckpointError as e:
+            damaged.append(str(e))
+            if log is not None:
+                log(f"skipping a damaged snapshot: {e}")
+            continue
         return p
+    if damaged:
+        raise CheckpointError(f"every snapshot in {folder} is damaged ({'; '.join(damaged)}); remove them to "
+                              f"train from scratch (or rerun with --force, which moves the old run aside)")
     return None
+
+
+def latest_state(prefix: str | Path) -> Path | None:
+    """The newest complete snapshot state, skipping damaged ones silently (None when none loads)."""
+    try:
+        return find_resume_state(prefix)
+    except CheckpointError:
+        return None
 
 
 def tensors_by_layer(named: "OrderedDict[str, list[torch.Tensor]]") -> "OrderedDict[str, list[torch.Tensor]]":
@@ -170,6 +201,9 @@ def snapshot_solver(solver, prefix) -> dict[str, Path]:
         "history": tensors_by_layer(solver.history),
         "rng": rng_state(),
         "data": {"train": data_state(solver.net), "test": [data_state(n) for n in solver.test_nets]},
+        # Caffe's smoothed-loss window (Solver::UpdateSmoothedLoss), so a resumed run logs the same losses
+        "loss_window": {"losses": list(solver._losses), "smoothed": solver._smoothed_loss,
+                        "start_iter": solver._start_iter},
         "caffemodel": paths["caffemodel"].name,
     }
     save_state(paths["state"], state)
@@ -209,6 +243,10 @@ def restore_solver(solver, path) -> None:
     load_data_state(solver.net, data.get("train", {}))
     for net, s in zip(solver.test_nets, data.get("test", [])):
         load_data_state(net, s)
+    window = state.get("loss_window")
+    if window is not None:
+        solver._losses, solver._smoothed_loss = list(window["losses"]), window["smoothed"]
+        solver._start_iter, solver._pending, solver._keep_window = int(window["start_iter"]), [], True
 
 
 def _restore_caffe(solver, path: Path) -> None:

@@ -217,12 +217,16 @@ class Net(nn.Module):
             raise NetError(f"unknown input blob(s) {sorted(unknown)}; the net's inputs are {self.inputs}")
         if end is not None and end not in self.top_names:
             raise NetError(f"end={end!r} is not a layer of net {self.name!r}")
+        # Drop the last forward's blobs before computing new ones: holding them would keep a second copy of
+        # every activation alive during this forward.
+        self.blobs, self._first, self.total_loss = OrderedDict(), {}, None
+        given = self.input_blobs(inputs)
         blobs, first = OrderedDict(), {}
         total = None
         for name in self.layer_names:
             layer = self.layer(name)
             if layer.is_input:
-                tops = self._input_tops(name, layer, inputs)
+                tops = tuple(given[t] for t in self.top_names[name])
             else:
                 bottoms = [blobs[b] for b in self.bottom_names[name]]
                 pd = list(layer.param.propagate_down)
@@ -247,7 +251,19 @@ class Net(nn.Module):
         names = self.top_names[end] if end is not None else self.outputs
         return {b: blobs[b] for b in names if b in blobs}
 
-    def _input_tops(self, name, layer, inputs):
+    def input_blobs(self, inputs: dict, channels_last: bool = False) -> "OrderedDict[str, torch.Tensor]":
+        """Every net-input blob (the tops of Input / Data / ImageData layers) as a float32 tensor on the net's
+        device: from ``inputs`` where given, else the next batch of the layer's data feeder (Caffe's
+        DataLayer::Forward). Checked against the declared shapes (only the batch size may differ). 4-D blobs
+        are stored channels-last on the CPU, or anywhere with ``channels_last`` (layout only)."""
+        out = OrderedDict()
+        for name in self.layer_names:
+            layer = self.layer(name)
+            if layer.is_input:
+                out.update(zip(self.top_names[name], self._input_tops(name, layer, inputs, channels_last)))
+        return out
+
+    def _input_tops(self, name, layer, inputs, channels_last=False):
         tops = self.top_names[name]
         batch = None
         if layer.reads_data and any(t not in inputs for t in tops):
@@ -261,8 +277,9 @@ class Net(nn.Module):
             else:
                 raise NetError(f"net input {t!r} (layer {name!r}, {layer.type}, shape {declared}) was not given")
             x = torch.as_tensor(np.asarray(value) if not torch.is_tensor(value) else value)
-            x = x.to(device=self._device(), dtype=torch.float32)  # Caffe holds every blob, labels too, as float
-            if x.dim() == 4 and x.device.type == "cpu":
+            # Caffe holds every blob, labels too, as float
+            x = x.to(device=self._device(), dtype=torch.float32, non_blocking=True)
+            if x.dim() == 4 and (channels_last or x.device.type == "cpu"):
                 # Layout only (values and shapes stay NCHW): PyTorch's CPU max-pool kernel is ~10x faster on
                 # channels-last tensors, and oneDNN convolutions keep that layout through the net.
                 x = x.contiguous(memory_format=torch.channels_last)
@@ -274,6 +291,11 @@ class Net(nn.Module):
                 x = x.detach().requires_grad_(True)
             out.append(x)
         return tuple(out)
+
+    def feeder(self, name: str):
+        """The reader of Data / ImageData layer ``name`` (Caffe's DataLayer prefetch): ``net.feeders[name]``,
+        opened now if no forward has opened it yet."""
+        return self._feeder(name, self.layer(name))
 
     def _feeder(self, name, layer):
         feeder = self._feeders.get(name)

@@ -24,6 +24,16 @@ import torch
 # The update itself lives in sgd.py; re-exported here for callers that know it as part of the solver.
 from .sgd import SolverError, clip_gradients_, sgd_update_  # noqa: F401
 
+
+class DivergedError(SolverError):
+    """Training diverged: a loss (or a weight) that is not finite. ``iter``: the iteration; ``loss``: its
+    value (None when a weight was found instead)."""
+
+    def __init__(self, it: int, loss: float | None, what: str | None = None):
+        self.iter, self.loss = int(it), loss
+        what = what or f"the training loss is {loss}"
+        super().__init__(f"training diverged at iteration {it}: {what}")
+
 _f32 = np.float32
 _MAX_PENDING = 256  # iterations whose losses may wait on the device before one read-back
 
@@ -73,7 +83,8 @@ class Solver:
       ``snapshot()``, ``restore(path)``, ``solve()``.
     """
 
-    def __init__(self, solver_prototxt, weights=None, *, device=None, data_root=None, test_feed=None):
+    def __init__(self, solver_prototxt, weights=None, *, device=None, data_root=None, test_feed=None,
+                 numerics="faithful", compile: bool = False, comm=None):
         from .net import Net
         from .prototxt import read_solver
 
@@ -119,11 +130,18 @@ class Solver:
         self._start_iter = 0
         self.callbacks: list = []  # fn(event dict); event["type"] in {"train", "test", "snapshot"}
         self._stop_requested = False
+        self._keep_window = False  # a restore brought the smoothing window back: the next step() keeps it
+        self._snapshot_requested = False
+        # How the forward/backward of one pass runs and what the ranks agree on: LocalComm in one process,
+        # repro.engine.ddp.DataParallel under torchrun (it wraps this solver's plan in DDP).
+        self.comm = comm if comm is not None else LocalComm()
         # Caffe's learnable params in net order with their multipliers, each with a zero history blob.
         self._blobs = [(layer, j, w, float(lr), float(dm))
                        for layer, params in self.net.params.items()
                        for j, (w, (lr, dm)) in enumerate(zip(params, self.net.param_specs[layer]))]
         self._history = [torch.zeros_like(w).detach() for _, _, w, _, _ in self._blobs]
+        self._plan = None
+        self.set_numerics(numerics, compile)
 
     # ------------------------------------------------------------------------------------------ set-up
 
@@ -200,35 +218,97 @@ class Solver:
         """Caffe's SolverAction::STOP (SIGINT under `caffe train`): finish this iteration, snapshot, stop."""
         self._stop_requested = True
 
+    def request_snapshot(self) -> None:
+        """Caffe's SolverAction::SNAPSHOT (SIGHUP under `caffe train`): snapshot after this iteration, go on."""
+        self._snapshot_requested = True
+
     @property
     def stop_requested(self) -> bool:
         return self._stop_requested
+
+    # ------------------------------------------------------------------------------------------ the engine
+
+    def set_numerics(self, numerics="faithful", compile: bool = False) -> None:
+        """Train in numerics mode ``numerics`` (faithful, fp32, tf32, fast: repro.engine.modes), optionally
+        with torch.compile. Sets the process-wide backend switches and rebuilds the run plan."""
+        from .engine.modes import apply_numerics, plan_options, to_channels_last
+
+        self.numerics = apply_numerics(numerics)
+        self.compile = bool(compile)
+        if self.numerics.channels_last:
+            to_channels_last((w for _, _, w, _, _ in self._blobs), self._history)
+        self._plan_options = plan_options(self.numerics, self.device, self.compile)
+        self._plan = None
+
+    @property
+    def plan(self):
+        """The TRAIN net's run plan (repro.engine.plan.NetPlan): what every training forward runs through."""
+        if self._plan is None:
+            from .engine.plan import NetPlan
+
+            self._plan = NetPlan(self.net, **self._plan_options)
+        return self._plan
+
+    def forward_backward(self, feed=None) -> torch.Tensor:
+        """Caffe: ClearParamDiffs, then iter_size x Net::ForwardBackward with the diffs accumulating. Returns
+        the mean loss as a float32 device tensor (summed in pass order, as Caffe's ``Dtype loss``), not read
+        back: reading a CUDA loss every iteration would stall the GPU."""
+        for _, _, w, _, _ in self._blobs:
+            w.grad = None
+        n = self.param.iter_size
+        total = None
+        for j in range(n):
+            loss = self.comm.forward_backward(self, _inputs(feed, self.iter * n + j), last=j == n - 1)
+            term = loss.detach().to(torch.float32)
+            total = term if total is None else total + term
+        return total / n
+
+    def train_iteration(self, feed=None) -> torch.Tensor:
+        """One training iteration without testing, display or snapshots (the body of Caffe's Solver::Step):
+        ForwardBackward, ApplyUpdate, ++iter. Returns the loss (a device tensor)."""
+        loss = self.forward_backward(feed)
+        self.apply_update()
+        self.iter += 1
+        return loss
+
+    def _plan_loss(self, inputs: dict) -> torch.Tensor:
+        """The TRAIN net's total loss for one pass through the plan (the comm's forward)."""
+        loss, _ = self.plan(inputs)
+        if loss is None:
+            raise SolverError(f"{self._where()}the TRAIN net {self.net.name!r} has no loss output to minimise")
+        return loss
 
     # ------------------------------------------------------------------------------------------ training
 
     def step(self, iters: int, feed=None) -> None:
         """Caffe: Solver::Step: per iteration, test (every test_interval), iter_size forward/backward passes,
-        ApplyUpdate, ++iter, snapshot (every ``snapshot``)."""
+        ApplyUpdate, ++iter, snapshot (every ``snapshot``). A loss that is not finite stops it with
+        :class:`DivergedError` before anything is snapshotted (Caffe would train on)."""
         p = self.param
         stop_iter, start_iter = self.iter + int(iters), self.iter
-        # Caffe resets the smoothing window in every Step call
-        self._losses, self._smoothed_loss, self._pending, self._start_iter = [], None, [], start_iter
+        if not self._keep_window:  # Caffe resets the smoothing window in every Step call
+            self._losses, self._smoothed_loss, self._pending, self._start_iter = [], None, [], start_iter
+        self._keep_window = False
         while self.iter < stop_iter:
             if p.test_interval and self.iter % p.test_interval == 0 and (self.iter > 0 or p.test_initialization):
                 self.test_all()
             display = bool(p.display) and self.iter % p.display == 0
-            loss, outputs = self._forward_backward(feed, outputs=display)
+            loss = self.forward_backward(feed)
             self._pending.append((self.iter, loss))
-            if len(self._pending) >= _MAX_PENDING:
+            if len(self._pending) >= _MAX_PENDING or display:
                 self._flush_losses()
             rate = self.apply_update()
             if display:
-                self._emit({"type": "train", "iter": self.iter, "loss": self.smoothed_loss, "lr": rate,
-                            "outputs": outputs})
+                self._emit({"type": "train", "iter": self.iter, "loss": self._smoothed_loss, "lr": rate,
+                            "outputs": _scalars(self._last_outputs())})
             self.iter += 1  # Caffe: iter_ counts the updates applied, so it moves after ApplyUpdate
-            if (p.snapshot and self.iter % p.snapshot == 0) or self._stop_requested:
+            stop = self.comm.agree_stop(self._stop_requested, self.iter)
+            if stop:
+                self._stop_requested = True
+            if (p.snapshot and self.iter % p.snapshot == 0) or stop or self._snapshot_requested:
+                self._snapshot_requested = False
                 self.snapshot()
-            if self._stop_requested:
+            if stop:
                 break
 
     def solve(self, feed=None) -> None:
@@ -236,7 +316,6 @@ class Solver:
         (snapshot_after_train); then a forward-only display pass and a last test when max_iter falls on
         display / test_interval."""
         p = self.param
-        start_iter = self.iter
         self.step(p.max_iter - self.iter, feed)
         if self._stop_requested:
             return
@@ -244,46 +323,28 @@ class Solver:
             self.snapshot()
         if p.display and self.iter % p.display == 0:
             with torch.no_grad():
-                self.net(**_inputs(feed, self.iter * p.iter_size))
+                loss = self._plan_loss(_inputs(feed, self.iter * p.iter_size))
+            self._pending.append((self.iter, loss))
             self._flush_losses()
-            self._update_smoothed_loss(float(self._total_loss()), start_iter, self.iter)
-            self._emit({"type": "train", "iter": self.iter, "loss": self.smoothed_loss, "lr": self.lr,
+            self._emit({"type": "train", "iter": self.iter, "loss": self._smoothed_loss, "lr": self.lr,
                         "outputs": _scalars(self._last_outputs())})
         if p.test_interval and self.iter % p.test_interval == 0:
             self.test_all()
 
-    def _total_loss(self) -> torch.Tensor:
-        loss = self.net.total_loss
-        if loss is None:
-            raise SolverError(f"{self._where()}the TRAIN net {self.net.name!r} has no loss output to minimise")
-        return loss
-
     def _last_outputs(self) -> dict:
         return {b: self.net.blobs[b] for b in self.net.outputs if b in self.net.blobs}
 
-    def _forward_backward(self, feed, outputs: bool = True):
-        """Caffe: ClearParamDiffs, then iter_size x Net::ForwardBackward with the diffs accumulating; the
-        mean loss is computed in float, as Caffe's ``Dtype loss``. Returns the loss as a float32 device
-        tensor (not read back here: see ``_pending``) and, when asked, the output blobs as numbers."""
-        for _, _, w, _, _ in self._blobs:
-            w.grad = None
-        n = self.param.iter_size
-        total = None
-        for j in range(n):
-            self.net(**_inputs(feed, self.iter * n + j))
-            loss = self._total_loss()
-            loss.backward()
-            term = loss.detach().to(torch.float32)
-            total = term if total is None else total + term  # float32 sums in pass order, as Caffe's
-        return total / n, (_scalars(self._last_outputs()) if outputs else None)
-
     def _flush_losses(self) -> None:
-        """Read the pending losses back in one transfer and fold them into the smoothed loss in order."""
+        """Read the pending losses back in one transfer (averaged over the ranks of a data-parallel run), stop
+        on one that is not finite, and fold them into Caffe's smoothed loss in order."""
         if not self._pending:
             return
         its, losses = zip(*self._pending)
         self._pending = []
-        for it, v in zip(its, torch.stack(losses).cpu().numpy()):
+        values = self.comm.mean_over_ranks(torch.stack(losses)).cpu().numpy()
+        for it, v in zip(its, values):
+            if not np.isfinite(v):
+                raise DivergedError(it, float(v))
             self._update_smoothed_loss(float(v), self._start_iter, it)
 
     @property
@@ -291,11 +352,6 @@ class Solver:
         """Caffe's smoothed training loss (the mean of the last ``average_loss`` iterations' losses)."""
         self._flush_losses()
         return self._smoothed_loss
-
-    @smoothed_loss.setter
-    def smoothed_loss(self, value: float | None) -> None:  # a driver that smooths by itself (distributed.py)
-        self._pending = []
-        self._smoothed_loss = value
 
     def _update_smoothed_loss(self, loss: float, start_iter: int, it: int) -> None:
         """Caffe: Solver::UpdateSmoothedLoss: the mean of the last ``average_loss`` losses."""
@@ -372,7 +428,10 @@ class Solver:
         return rec
 
     def test_all(self) -> list[dict]:
-        """Caffe: Solver::TestAll: test every TEST net; each result is also sent to the callbacks."""
+        """Caffe: Solver::TestAll: test every TEST net; each result is also sent to the callbacks. In a
+        data-parallel run only the writer rank tests (the weights are the same on every rank)."""
+        if not self.comm.is_writer:
+            return []
         results = []
         for i in range(len(self.test_nets)):
             rec = self.test(i)
@@ -410,9 +469,24 @@ class Solver:
         plus ``.state.pt`` (exact resume: RNG, data cursors). Atomic. Returns the paths by kind."""
         from .checkpoint import snapshot_solver
 
+        self._flush_losses()  # a loss that went NaN since the last display must not be snapshotted
+        self._check_weights()
+        if not self.comm.is_writer:
+            return {}
         paths = snapshot_solver(self, prefix if prefix is not None else self.snapshot_prefix)
         self._emit({"type": "snapshot", "iter": self.iter, **{k: str(v) for k, v in paths.items()}})
         return paths
+
+    def _check_weights(self) -> None:
+        """Raise DivergedError when a weight or history value is not finite (one read-back for all blobs)."""
+        tensors = [w for _, _, w, _, _ in self._blobs] + self._history
+        if not tensors:
+            return
+        finite = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+        if not bool(finite):
+            bad = next(self._blobs[i % len(self._blobs)][0] for i, t in enumerate(tensors)
+                       if not bool(torch.isfinite(t).all()))
+            raise DivergedError(self.iter, None, f"layer {bad!r} holds values that are not finite")
 
     def restore(self, path: str | os.PathLike) -> None:
         """Caffe: Solver::Restore: resume from a ``.state.pt`` (ours, exact) or a Caffe ``.solverstate``
@@ -420,6 +494,24 @@ class Solver:
         from .checkpoint import restore_solver
 
         restore_solver(self, path)
+
+
+class LocalComm:
+    """One process: a pass is the plan's forward and autograd's backward; nothing to agree on."""
+
+    is_writer = True
+    rank, world = 0, 1
+
+    def forward_backward(self, solver, inputs: dict, last: bool) -> torch.Tensor:
+        loss = solver._plan_loss(inputs)
+        loss.backward()
+        return loss
+
+    def agree_stop(self, requested: bool, it: int) -> bool:
+        return requested
+
+    def mean_over_ranks(self, values: torch.Tensor) -> torch.Tensor:
+        return values
 
 
 def summary_metrics(scores: dict) -> dict:

@@ -1,332 +1,437 @@
-"""A training run, with its folder as the record (``run(solver, out_dir, ...)``).
+"""The run driver: one training run into its run folder (``run(solver, out_dir, ...)``), the one driver behind
+every training tool (train_base, transfer, run_grid, caffe.py, train_ddp).
 
-The folder holds everything needed to see what ran and to pick it up again:
+What it adds around the engine (``repro.Solver``, whose step runs every iteration through
+``repro.engine.plan.NetPlan``):
 
-    solver.prototxt, train.prototxt, val.prototxt   the resolved solver and nets (data paths made absolute)
-    run.json            git hash, versions, device, seed, command line, the caller's record (e.g. the cell)
-    log.jsonl           one JSON object per line: {"type": "train", "iter", "loss", "lr", "outputs"} every
-                        `display` iterations, {"type": "test", "iter", "top1", "top5", "loss", "scores"} every
-                        `test_interval`, {"type": "eval", ...} for the final single pass
-    snapshots/          Caffe's snapshot_iter_<N>.caffemodel + .solverstate, and our .state.pt (exact resume)
-    summary.json        final test, single-pass evaluation, and the paper's metric: the mean of the 10 best
-                        test top-1 values (FIGURES.md)
-    final.onnx          when repro.onnx.io can export the net (optional)
-    final.pt, final.caffemodel   the trained weights by Caffe layer name, written last: their presence marks a
-                        finished run
+* the folder (repro.runfolder): one owner at a time (an OS lock), one identity per folder, the resolved
+  prototxts and run.json, automatic resume from the newest complete snapshot (a damaged one is named and
+  skipped; all damaged is an error), stale temp files of a killed writer removed;
+* logs: log.jsonl (repro.runlog) and the console, each display line with images/s and an ETA;
+* snapshots every ``snapshot`` iterations, pruned by a :class:`Retention` policy;
+* signals as Caffe's ``caffe train`` treats them (``-sigint_effect stop``, ``-sighup_effect snapshot``):
+  SIGINT / SIGTERM finish the iteration, snapshot and stop (status "stopped"); SIGHUP snapshots and goes on;
+  a second SIGINT interrupts at once (the last snapshot is intact);
+* divergence: a loss or weight that is not finite stops the run before anything is snapshotted (status
+  "diverged"; the message names the iteration and the last good snapshot); nothing downstream treats it as
+  finished;
+* on CUDA, the TRAIN Data layer's store is read by a DeviceFeed (pinned memory, side stream, crop/mirror on
+  the GPU) — the same records, crops and mirrors as the Net's own reader;
+* data parallel (``distributed=True``, under torchrun): every rank trains, rank 0 alone writes the folder.
 
-Snapshots are written every `snapshot` iterations and on a stop request (SIGINT / SIGTERM: the current
-iteration finishes, a snapshot is written, the run returns). Every file is written atomically, so a run killed
-at any moment restarts from its newest snapshot when ``run`` is called again with the same folder.
+Statuses and the tools' exit codes: finished 0, bad input 2, stopped 3, diverged 4 (:data:`EXIT_CODES`).
 """
 from __future__ import annotations
 
-import json
 import os
-import platform
 import signal
-import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from .checkpoint import atomic_torch_save, atomic_write_text, latest_state, tensors_by_layer
-from .errors import ReproError
+from .checkpoint import atomic_torch_save, find_resume_state, tensors_by_layer
+from .runfolder import (
+    CAFFE_LOG,
+    FINAL_CAFFEMODEL,
+    FINAL_ONNX,
+    FINAL_PT,
+    RUN_FILE,
+    SNAPSHOT_DIR,
+    SNAPSHOT_PREFIX,
+    SOLVER_FILE,
+    TRAIN_FILE,
+    RunError,
+    RunFolder,
+    file_id,
+    git_state,
+    identity,
+    resolved_files,
+    val_file,
+    versions,
+)
+from .runlog import LOG_FILE, TOP_K, RunLog, headline, headline_line
 
-SOLVER_FILE, TRAIN_FILE, LOG_FILE, SUMMARY_FILE, RUN_FILE = (
-    "solver.prototxt", "train.prototxt", "log.jsonl", "summary.json", "run.json")
-SNAPSHOT_PREFIX = "snapshots/snapshot"
-FINAL_PT, FINAL_CAFFEMODEL, FINAL_ONNX = "final.pt", "final.caffemodel", "final.onnx"
-TOP_K_TESTS = 10  # the paper's summary: mean of the 10 best test top-1 values
+__all__ = ["run", "Retention", "RunError", "EXIT_CODES", "resolved_files", "val_file", "SOLVER_FILE",
+           "TRAIN_FILE", "RUN_FILE", "LOG_FILE", "CAFFE_LOG", "SNAPSHOT_PREFIX", "FINAL_PT", "FINAL_CAFFEMODEL",
+           "FINAL_ONNX", "TOP_K"]
 
-
-class RunError(ReproError):
-    """A run folder that cannot be used for this run (it holds a different one)."""
-
-
-def val_file(i: int) -> str:
-    return "val.prototxt" if i == 0 else f"val{i}.prototxt"
-
-
-# ---------------------------------------------------------------------------------------------- the record
-
-
-def git_state() -> dict:
-    """The commit of the code that runs (None outside a git checkout) and whether it has local changes."""
-    repo = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10)
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
-    return {"commit": head.stdout.strip() or None if head.returncode == 0 else None,
-            "dirty": bool(dirty.stdout.strip()) if dirty.returncode == 0 else None}
+EXIT_CODES = {"finished": 0, "stopped": 3, "diverged": 4}
 
 
-def versions() -> dict:
-    from . import __version__
-
-    return {"repro": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "numpy": np.__version__, "cuda": torch.version.cuda,
-            "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-            "platform": platform.platform()}
+# ---------------------------------------------------------------------------------------------- snapshots
 
 
-def _absolute_data_paths(net_param, bases: list[Path]) -> None:
-    """Make the data sources and mean files of a net absolute (working directory first, then ``bases``), so
-    the recorded prototxts work from anywhere. Paths found nowhere are left for the data layer to report."""
-    def fix(value: str) -> str:
-        if not value or Path(value).is_absolute():
-            return value
-        for b in [Path.cwd()] + bases:
-            if (b / value).exists():
-                return str((b / value).resolve())
-        return value
+@dataclass(frozen=True)
+class Retention:
+    """Which snapshot files a run keeps (Caffe keeps every one; a full CaffeNet snapshot is ~1 GB: the
+    weights (.caffemodel, 244 MB), Caffe's .solverstate (the history, 244 MB) and our .state.pt (both, for an
+    exact resume)).
 
-    for layer in net_param.layer:
-        if layer.type == "Data":
-            layer.data_param.source = fix(layer.data_param.source)
-        elif layer.type == "ImageData":
-            layer.image_data_param.source = fix(layer.image_data_param.source)
-            if layer.image_data_param.root_folder:
-                layer.image_data_param.root_folder = fix(layer.image_data_param.root_folder)
-        if layer.transform_param.mean_file:
-            layer.transform_param.mean_file = fix(layer.transform_param.mean_file)
+    keep_states: the newest resume states kept (.state.pt + .solverstate + their .caffemodel);
+    weights_every: also keep the .caffemodel of every iteration divisible by this (None: the solver's
+        ``stepsize`` for a "step" schedule, i.e. the weights just before each rate drop; 0: none);
+    keep_all: keep everything, as Caffe does (``--keep``).
+    """
 
+    keep_states: int = 2
+    weights_every: int | None = None
+    keep_all: bool = False
 
-def resolved_files(solver, max_iter: int | None = None, data_root=None) -> dict[str, str]:
-    """The texts of solver.prototxt, train.prototxt and val*.prototxt for a run folder: the nets inlined from
-    wherever the solver names them (Caffe's rules plus the solver's folder), data paths absolute, the solver
-    pointing at the files beside it and snapshotting into snapshots/."""
-    from google.protobuf import text_format
+    def weights_interval(self, param) -> int:
+        if self.weights_every is not None:
+            return int(self.weights_every)
+        return int(param.stepsize) if param.lr_policy == "step" and param.stepsize > 0 else 0
 
-    from .prototxt import read_net, read_solver
-    from .solver import resolve_path
-
-    if isinstance(solver, (str, os.PathLike)):
-        solver_dir = Path(solver).parent
-        param = read_solver(solver)
-    else:
-        solver_dir, param = None, type(solver)()
-        param.CopyFrom(solver)
-    bases = [Path(data_root)] if data_root is not None else []
-    bases += [solver_dir] if solver_dir is not None else []
-
-    def net(field_value, field):
-        if isinstance(field_value, str):
-            path = resolve_path(field_value, solver_dir, field)
-            return read_net(path), [path.parent]
-        return field_value, []
-
-    if param.HasField("train_net_param") or param.HasField("net_param"):
-        train, extra = net(param.train_net_param if param.HasField("train_net_param") else param.net_param, "net")
-    else:
-        train, extra = net(param.train_net or param.net, "train_net" if param.HasField("train_net") else "net")
-    tests = [(t, []) for t in param.test_net_param] + [net(f, "test_net") for f in param.test_net]
-    generic = len(param.test_iter) - len(tests)
-    if generic > 0 and (param.HasField("net") or param.HasField("net_param")):
-        tests += [(train, extra)] * generic  # the train_val net, filtered to TEST by the Solver
-    _absolute_data_paths(train, bases + extra)
-    for t, ex in tests:
-        _absolute_data_paths(t, bases + ex)
-    for f in ("net", "net_param", "train_net", "train_net_param", "test_net", "test_net_param"):
-        param.ClearField(f)
-    param.train_net = TRAIN_FILE
-    param.test_net.extend(val_file(i) for i in range(len(tests)))
-    param.snapshot_prefix = SNAPSHOT_PREFIX
-    if max_iter is not None:
-        param.max_iter = int(max_iter)
-    fmt = lambda m: text_format.MessageToString(m)
-    files = {SOLVER_FILE: fmt(param), TRAIN_FILE: fmt(train)}
-    files.update({val_file(i): fmt(t) for i, (t, _) in enumerate(tests)})
-    return files
+    def prune(self, snapdir: Path, param) -> None:
+        if self.keep_all or not snapdir.is_dir():
+            return
+        iters = sorted({_snap_iter(p) for p in snapdir.iterdir() if _snap_iter(p) is not None})
+        states = [i for i in iters if (snapdir / f"snapshot_iter_{i}.state.pt").is_file()]
+        keep_states = set(states[-self.keep_states:]) if self.keep_states > 0 else set()
+        every = self.weights_interval(param)
+        for i in iters:
+            keep_weights = i in keep_states or (every and i % every == 0) or i == iters[-1]
+            for suffix, keep in ((".state.pt", i in keep_states), (".solverstate", i in keep_states),
+                                 (".caffemodel", keep_weights)):
+                if not keep:
+                    (snapdir / f"snapshot_iter_{i}{suffix}").unlink(missing_ok=True)
 
 
-# ---------------------------------------------------------------------------------------------- the log
+def _snap_iter(p: Path) -> int | None:
+    name = p.name
+    if not name.startswith("snapshot_iter_"):
+        return None
+    num = name[len("snapshot_iter_"):].split(".", 1)[0]
+    return int(num) if num.isdigit() else None
 
 
-class JsonLog:
-    """log.jsonl: one JSON object per line, flushed as written. On resume, records from the snapshot's
-    iteration on are dropped (they are computed again), and so is a last line cut short by a kill."""
-
-    def __init__(self, path: Path):
-        self.path = path
-
-    def records(self) -> list[dict]:
-        if not self.path.is_file():
-            return []
-        out = []
-        for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(rec, dict):
-                out.append(rec)
-        return out
-
-    def truncate_to(self, it: int) -> None:
-        keep = [r for r in self.records() if int(r.get("iter", 0)) < it and r.get("type") in ("train", "test")]
-        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in keep))
-
-    def write(self, rec: dict) -> None:
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+# ---------------------------------------------------------------------------------------------- signals
 
 
-def best_k_mean(values, k: int = TOP_K_TESTS) -> float | None:
-    """The paper's summary metric: the mean of the k best values (of all there are, when fewer)."""
-    vals = sorted((float(v) for v in values if v is not None), reverse=True)[:k]
-    return float(np.mean(vals)) if vals else None
+class Signals:
+    """Caffe's ``caffe train`` signal effects: SIGINT / SIGTERM stop after this iteration with a snapshot;
+    SIGHUP snapshots and continues. Installed before the solver exists (a Ctrl-C while the nets are built
+    stops the run cleanly); ``attach(solver)`` hands the requests on. A second SIGINT interrupts at once."""
 
-
-def summarise(records: list[dict]) -> dict:
-    tests = [r for r in records if r.get("type") == "test" and not r.get("net")]
-    top1 = [r.get("top1") for r in tests]
-    return {
-        f"top1_best{TOP_K_TESTS}_mean": best_k_mean(top1),
-        "tests_counted": min(len([t for t in top1 if t is not None]), TOP_K_TESTS),
-        "top1_max": max((t for t in top1 if t is not None), default=None),
-        "final_test": tests[-1] if tests else None,
-        "tests": len(tests),
-    }
-
-
-# ---------------------------------------------------------------------------------------------- the run
-
-
-class StopOnSignal:
-    """SIGINT / SIGTERM ask the solver to stop after the current iteration (it then snapshots, as Caffe's
-    `caffe train` does on SIGINT); a second SIGINT interrupts at once (the last snapshot is still intact)."""
-
-    def __init__(self, solver, log):
-        self.solver, self.log, self.old = solver, log, {}
+    def __init__(self, log):
+        self.log, self.old, self.solver = log, {}, None
+        self.stop = False
 
     def __enter__(self):
-        if threading_main():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
                 self.old[sig] = signal.signal(sig, self._handle)
         return self
 
+    def attach(self, solver) -> None:
+        self.solver = solver
+        if self.stop:
+            solver.request_stop()
+
     def _handle(self, signum, frame):
-        if self.solver.stop_requested and signum == signal.SIGINT:
+        name = signal.Signals(signum).name
+        if signum == signal.SIGHUP:
+            self.log(f"signal {name}: snapshot after this iteration, then go on")
+            if self.solver is not None:
+                self.solver.request_snapshot()
+            return
+        if self.stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
-        self.log(f"signal {signal.Signals(signum).name}: stopping after this iteration (snapshot, then exit)")
-        self.solver.request_stop()
+        self.stop = True
+        self.log(f"signal {name}: stopping after this iteration (snapshot, then exit; rerun to resume)")
+        if self.solver is not None:
+            self.solver.request_stop()
 
     def __exit__(self, *exc):
         for sig, h in self.old.items():
             signal.signal(sig, h)
 
 
-def threading_main() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
+# ---------------------------------------------------------------------------------------------- console
 
 
-def prune_states(snapdir: Path, keep: int | None) -> None:
-    """Keep the newest ``keep`` resume states (.state.pt + .solverstate); every .caffemodel stays."""
-    if keep is None:
-        return
-    states = sorted(snapdir.glob("*.state.pt"), key=lambda p: int(p.name.split("_iter_")[-1].split(".")[0]))
-    for old in states[:-keep] if keep > 0 else states:
-        base = str(old)[: -len(".state.pt")]
-        for p in (old, Path(base + ".solverstate")):
-            p.unlink(missing_ok=True)
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}h{m:02d}m" if h else (f"{m}m{s:02d}s" if m else f"{s}s")
 
 
-def console_line(rec: dict) -> str:
-    if rec["type"] == "train":
-        return f"Iteration {rec['iter']}, loss = {rec['loss']:.6g}, lr = {rec['lr']:.6g}"
-    if rec["type"] in ("test", "eval"):
-        parts = [f"{k} = {rec[k]:.6g}" for k in ("top1", "top5", "loss") if rec.get(k) is not None]
-        what = "Test" if rec["type"] == "test" else f"Single-pass evaluation ({rec.get('images')} images)"
-        return f"Iteration {rec['iter']}, {what}: " + ", ".join(parts)
-    return f"Iteration {rec['iter']}, snapshot {rec.get('state', '')}"
+class Console:
+    """The console's lines for a run's events, each display line with images/s and the time left."""
+
+    def __init__(self, log, images_per_iter: int, max_iter: int):
+        self.log, self.images, self.max_iter = log, images_per_iter, max_iter
+        self.mark: tuple[int, float] | None = None
+
+    def __call__(self, rec: dict) -> None:
+        kind = rec["type"]
+        if kind == "train":
+            line = f"Iteration {rec['iter']}, loss = {_g(rec['loss'])}, lr = {_g(rec['lr'])}"
+            now = time.perf_counter()
+            if self.mark is not None and rec["iter"] > self.mark[0]:
+                per_iter = (now - self.mark[1]) / (rec["iter"] - self.mark[0])
+                left = max(0, self.max_iter - rec["iter"]) * per_iter
+                line += f" ({self.images / per_iter:.0f} img/s, {_duration(left)} left)"
+            self.mark = (rec["iter"], now)
+        elif kind in ("test", "eval"):
+            parts = [f"{k} = {_g(rec[k])}" for k in ("top1", "top5", "loss") if rec.get(k) is not None]
+            what = "Test" if kind == "test" else f"Single-pass evaluation ({rec.get('images')} images)"
+            line = f"Iteration {rec['iter']}, {what}: " + ", ".join(parts)
+            self.mark = None  # testing time is not training time
+        else:
+            return
+        self.log(line)
 
 
-def run(solver, out_dir, *, weights=None, init=None, device=None, data_root=None, max_iter: int | None = None,
-        record: dict | None = None, keep_states: int | None = 2, onnx: bool = True, log=print) -> dict:
+def _g(v) -> str:
+    return "nan" if v is None else f"{v:.6g}"
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run(solver, out_dir, *, weights=None, init=None, init_id: dict | None = None, device=None, data_root=None,
+        max_iter: int | None = None, record: dict | None = None, numerics="faithful", compile: bool = False,
+        retention: Retention = Retention(), force: bool = False, onnx: bool = True, log=print,
+        distributed: bool = False, backend: str | None = None) -> dict:
     """Train as Caffe's ``caffe train --solver ... [--weights ...]`` would, into the run folder ``out_dir``.
 
-    solver: a solver.prototxt path or SolverParameter (e.g. from repro.study.grid.realise / repro.study.cells).
-    weights: a .caffemodel copied into the TRAIN net by layer name before training (a fresh run only);
-    init: or a callable ``init(net)`` doing that (e.g. for .pt / .onnx weights).
-    max_iter: override the solver's max_iter. record: extra facts for run.json (the cell, the command).
-    keep_states: how many resume states to keep (None: all); every snapshot .caffemodel is kept.
-    Returns the summary (also in summary.json); a run that was stopped returns {"status": "stopped", ...}.
-    A finished folder is not trained again; an unfinished one resumes from its newest snapshot.
+    solver: a solver.prototxt path or SolverParameter (e.g. from repro.study). weights: .caffemodel / .pt /
+    .onnx files copied into the TRAIN net by layer name before training (a fresh run only); init: or a
+    callable ``init(net)`` doing that, with ``init_id`` describing it for the run's identity (e.g. the base
+    weights' file_id). max_iter: override the solver's. record: extra facts for run.json (the cell, the
+    command). numerics / compile: repro.engine.modes. retention: which snapshots stay. force: a folder holding
+    a different run is moved aside instead of refused. distributed: one rank of a torchrun job.
+
+    Returns the summary (also summary.json) with "status": "finished" | "stopped" | "diverged". A finished
+    folder is not trained again; an unfinished one resumes from its newest snapshot.
     """
-    from .solver import Solver
+    from .engine.modes import numerics as numerics_mode
 
-    out = Path(out_dir).absolute()
-    out.mkdir(parents=True, exist_ok=True)
-    if (out / FINAL_CAFFEMODEL).is_file() and (out / SUMMARY_FILE).is_file():
-        log(f"{out}: already finished (final.caffemodel present); not training again")
-        return json.loads((out / SUMMARY_FILE).read_text())
-    files = resolved_files(solver, max_iter, data_root)
-    state = latest_state(out / SNAPSHOT_PREFIX)
-    if (out / SOLVER_FILE).is_file() and state is not None:
-        old = {n: (out / n).read_text() for n in files if (out / n).is_file()}
-        changed = [n for n in files if old.get(n) != files[n]]
-        if changed:
-            raise RunError(f"{out} holds snapshots of a different run ({', '.join(changed)} differ); use another "
-                           f"output folder or remove this one")
-    for name, text in files.items():
-        if not (out / name).is_file() or (out / name).read_text() != text:
-            atomic_write_text(out / name, text)
+    mode = numerics_mode(numerics)
+    folder = RunFolder(out_dir)
+    comm = _Distributed(device, backend) if distributed else None
+    device = comm.device if comm else _device(device)
+    weight_files = _weight_list(weights)
+    with Signals(log if comm is None or comm.rank == 0 else _quiet) as signals:
+        if comm is None or comm.rank == 0:
+            with folder.owned():
+                return _run_owned(folder, solver, signals, comm, weight_files=weight_files, init=init,
+                                  init_id=init_id, device=device, data_root=data_root, max_iter=max_iter,
+                                  record=record, mode=mode, compile=compile, retention=retention, force=force,
+                                  onnx=onnx, log=log)
+        return _run_owned(folder, solver, signals, comm, weight_files=weight_files, init=init, init_id=init_id,
+                          device=device, data_root=data_root, max_iter=max_iter, record=record, mode=mode,
+                          compile=compile, retention=retention, force=force, onnx=onnx, log=_quiet)
 
-    cwd = os.getcwd()
-    os.chdir(out)  # the solver's files and its snapshot prefix are relative to the run folder
-    try:
-        s = Solver(SOLVER_FILE, device=device, data_root=out)
-    finally:
-        os.chdir(cwd)
+
+def _quiet(*a, **k):
+    pass
+
+
+def _run_owned(folder: RunFolder, solver, signals: Signals, comm, *, weight_files, init, init_id, device,
+               data_root, max_iter, record, mode, compile, retention, force, onnx, log) -> dict:
+    from .solver import DivergedError, Solver
+
+    out = folder.path
+    writer = comm is None or comm.rank == 0
+    prepared = None
+    if writer:
+        try:
+            prepared = _prepare(folder, solver, weight_files, init_id, mode, compile, data_root, max_iter, force,
+                                log)
+        except Exception as e:
+            if comm is not None:
+                comm.share({"error": f"{type(e).__name__}: {e}"})
+            raise
+    if comm is not None:
+        prepared = comm.share(prepared)
+        if "error" in prepared:
+            raise RunError(prepared["error"])
+    if "done" in prepared:
+        return prepared["done"]
+
+    param = _folder_solver(out)
+    if comm is not None:
+        from .engine.ddp import shared_seed
+
+        shared_seed(param)
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    s = Solver(param, device=device, data_root=out, numerics=mode, compile=compile)
     s.snapshot_prefix = str(out / SNAPSHOT_PREFIX)
-    jlog = JsonLog(out / LOG_FILE)
-    info = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "argv": sys.argv, "cwd": cwd, "git": git_state(),
-            "versions": versions(), "device": str(s.device), "seed": s.seed, "record": record or {},
-            "weights": None if weights is None else str(weights)}
+    signals.attach(s)
+    feeds = _device_feeds(s, comm, out)
+    state = find_resume_state(out / SNAPSHOT_PREFIX, log) if prepared["resumable"] else None
+    jlog = RunLog(out / LOG_FILE)
     if state is not None:
         s.restore(state)
-        jlog.truncate_to(s.iter)
-        prev = json.loads((out / RUN_FILE).read_text()) if (out / RUN_FILE).is_file() else {}
-        info = {**prev, "resumes": prev.get("resumes", []) + [{"iter": s.iter, "at": info["started"],
-                                                               "git": info["git"], "device": info["device"]}]}
+        if hasattr(s.comm, "reseed"):
+            s.comm.reseed(s)  # each rank's own dropout stream, fresh after the resume
         log(f"{out}: resuming from {state.name} (iteration {s.iter})")
     else:
-        jlog.truncate_to(0)
-        if weights is not None:
-            s.net.copy_from(weights)
+        for w in weight_files:
+            report = s.net.copy_from(w)
+            log(f"weights: {report}" if isinstance(report, str) else f"weights: copied {len(report)} layers "
+                f"from {w}")
         if init is not None:
             init(s.net)
-    atomic_write_text(out / RUN_FILE, json.dumps(info, indent=1) + "\n")
+    if writer:
+        jlog.truncate_to(s.iter)
+        _write_record(folder, s, prepared, state, started, record, weight_files, mode, compile, comm)
+
+    images = _images_per_iter(s)
+    console = Console(log, images, s.param.max_iter)
 
     def on_event(rec: dict) -> None:
         if rec["type"] in ("train", "test"):
             jlog.write({**rec, "time": round(time.time(), 3)})
         elif rec["type"] == "snapshot":
-            prune_states(out / Path(SNAPSHOT_PREFIX).parent, keep_states)
-        log(console_line(rec))
+            retention.prune(out / SNAPSHOT_DIR, s.param)
+        console(rec)
 
-    s.add_callback(on_event)
-    with StopOnSignal(s, log):
-        s.solve()
+    if writer:
+        s.add_callback(on_event)
+    status = "finished"
+    try:
+        if not s.stop_requested:
+            s.solve()
+    except DivergedError as e:
+        status = "diverged"
+        last = find_resume_state(out / SNAPSHOT_PREFIX, _quiet)
+        where = f"the last good snapshot is {last}" if last else "no snapshot was written before it"
+        log(f"{out}: {e}; {where}. Lower base_lr (or check the data), then rerun with --force to start "
+            f"again from scratch")
+        if not writer:
+            return {"status": status, "iter": e.iter}
+        summary = {"status": "diverged", "iter": e.iter, "diverged": str(e),
+                   "last_good_snapshot": None if last is None else str(last), **headline(jlog.records())}
+        folder.write_summary(summary)
+        return summary
+    finally:
+        for f in feeds:
+            f.close()
     if s.stop_requested:
         log(f"{out}: stopped at iteration {s.iter}; run again to resume")
         return {"status": "stopped", "iter": s.iter}
-    return finish_run(s, out, jlog, onnx, log)
+    if not writer:
+        comm.barrier()
+        return {"status": status, "iter": s.iter}
+    summary = finish_run(s, folder, jlog, onnx, log, retention)
+    if comm is not None:
+        comm.barrier()
+    return summary
 
 
-def finish_run(s, out: Path, jlog: JsonLog, onnx: bool, log) -> dict:
+def _prepare(folder, solver, weight_files, init_id, mode, compile, data_root, max_iter, force, log) -> dict:
+    """The writer's checks before training: identity, the finished case, the files. Returns what every rank
+    needs: {"done": summary} for a run with nothing to do, else {"resumable", "identity", "previous"}."""
+    files = resolved_files(solver, max_iter, data_root)
+    ident = identity(files, weight_files, mode.name, compile, init_id)
+    state = folder.check_identity(files, ident, force)
+    if state == "replaced":
+        log(f"{folder.path}: the run it held was moved aside (--force)")
+    if state == "same":
+        summary = folder.summary()
+        if folder.finished:
+            log(f"{folder.path}: already finished; not training again ({headline_line(summary)})")
+            return {"done": summary}
+        if folder.diverged:
+            log(f"{folder.path}: this run diverged at iteration {summary.get('iter')}; rerun with --force to "
+                f"start it again from scratch")
+            return {"done": summary}
+    previous = folder.record() if state == "same" else {}
+    folder.write_files(files)
+    return {"resumable": state == "same", "identity": ident, "previous": previous}
+
+
+def _write_record(folder, s, prepared, state, started, record, weight_files, mode, compile, comm) -> None:
+    from .numerics import numerics_state
+
+    info = {"started": started, "argv": sys.argv, "cwd": os.getcwd(), "git": git_state(),
+            "versions": versions(), "device": str(s.device), "seed": s.seed, "record": record or {},
+            "weights": [str(w) for w in weight_files] or None, "identity": prepared["identity"],
+            "numerics": {"mode": mode.name, "compile": bool(compile), **numerics_state()}}
+    if comm is not None:
+        info["distributed"] = comm.describe(s)
+    if state is not None:
+        prev = prepared["previous"]
+        info = {**prev, "resumes": prev.get("resumes", []) + [
+            {"iter": s.iter, "at": started, "git": info["git"], "device": info["device"],
+             **({"world_size": comm.world} if comm is not None else {})}]}
+    folder.write_record(info)
+
+
+def _folder_solver(out: Path):
+    """The folder's solver.prototxt with its nets by absolute path (the run works from any directory)."""
+    from .prototxt import read_solver
+
+    param = read_solver(out / SOLVER_FILE)
+    param.train_net = str(out / TRAIN_FILE)
+    param.test_net[:] = [str(out / n) for n in param.test_net]
+    return param
+
+
+def _images_per_iter(s) -> int:
+    data = s.net.inputs[0] if s.net.inputs else None
+    batch = s.net.blob_shapes[data][0] if data is not None else 1
+    return int(batch) * int(s.param.iter_size) * (s.comm.world if hasattr(s.comm, "world") else 1)
+
+
+def _device_feeds(s, comm, out: Path) -> list:
+    """On CUDA (or data parallel), the TRAIN Data layer's store read by a DeviceFeed: same stream, on the
+    device. Returns the feeds to close."""
+    if comm is not None:
+        from .engine.ddp import data_parallel
+
+        return [data_parallel(s, rank=comm.rank, world=comm.world, data_root=out)]
+    if s.device.type != "cuda":
+        return []
+    from .data.device_feed import DeviceFeed, FeedError
+
+    feeds = []
+    for name in s.net.layer_names:
+        if getattr(s.net.layer(name), "reads_data", False):
+            feeder = s.net.feeder(name)
+            try:
+                feed = DeviceFeed.from_feeder(feeder, device=s.device)
+            except FeedError:
+                continue  # an LMDB / LevelDB / image list: the Net's own reader feeds it
+            feeder.close()
+            s.net.feeders[name] = feed
+            feeds.append(feed)
+    return feeds
+
+
+def _weight_list(weights) -> list[Path]:
+    if weights is None:
+        return []
+    items = weights if isinstance(weights, (list, tuple)) else [w for w in os.fspath(weights).split(",") if w]
+    out = [Path(w) for w in items]
+    for w in out:
+        if not w.is_file():
+            raise RunError(f"weights file {w} does not exist")
+    return out
+
+
+def _device(device) -> torch.device:
+    d = torch.device(device) if device is not None else torch.device("cpu")
+    if d.type == "cuda" and not torch.cuda.is_available():
+        raise RunError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, "
+                       f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+    return d
+
+
+# ---------------------------------------------------------------------------------------------- the end
+
+
+def finish_run(s, folder: RunFolder, jlog: RunLog, onnx: bool, log, retention: Retention = Retention()) -> dict:
     """summary.json, the single-pass evaluation, final.onnx, then final.pt and final.caffemodel (last)."""
+    out = folder.path
     evaluation = None
     if s.test_nets:
         try:
@@ -335,29 +440,28 @@ def finish_run(s, out: Path, jlog: JsonLog, onnx: bool, log) -> dict:
             log(f"single-pass evaluation skipped: {e}")
         if evaluation is not None:
             jlog.write({**evaluation, "time": round(time.time(), 3)})
-            log(console_line(evaluation))
-    summary = {"status": "finished", "iter": s.iter, **summarise(jlog.records()), "eval": evaluation,
+            Console(log, 0, 0)(evaluation)
+    summary = {"status": "finished", "iter": s.iter, **headline(jlog.records()), "eval": evaluation,
                "train_loss": s.smoothed_loss}
     if onnx:
         final_test = summary["final_test"] or {}
         summary["onnx"] = _export_onnx(s, out, log, {"iteration": s.iter, "test_accuracy": final_test.get("top1")})
-    atomic_write_text(out / SUMMARY_FILE, json.dumps(summary, indent=1) + "\n")
+    folder.write_summary(summary)
     atomic_torch_save({"format": "repro-weights", "iter": s.iter, "net": s.net.name,
                        "weights": tensors_by_layer(s.net.params)}, out / FINAL_PT)
     s.net.save(out / FINAL_CAFFEMODEL)
-    key = f"top1_best{TOP_K_TESTS}_mean"
-    if summary[key] is not None:
-        log(f"{out}: done; mean of the {summary['tests_counted']} best test top-1: {summary[key]:.4f}")
+    retention.prune(out / SNAPSHOT_DIR, s.param)
+    log(f"{out}: done; {headline_line(summary)}")
     return summary
 
 
 def _export_onnx(s, out: Path, log, metadata: dict):
-    """Hook for repro.onnx.io: write final.onnx from the TEST net (train weights shared in). Optional: a run
-    that trained well is not failed by an export problem; the reason goes into summary.json."""
+    """Write final.onnx from the TEST net (train weights shared in). Optional: a run that trained well is not
+    failed by an export problem; the reason goes into summary.json."""
     try:
         from .onnx.io import export_onnx
     except ImportError as e:
-        return {"written": False, "reason": f"repro.onnx.io unavailable ({e})"}
+        return {"written": False, "reason": f"repro.onnx unavailable ({e})"}
     if not s.test_nets:
         return {"written": False, "reason": "no TEST net"}
     net = s.test_nets[0]
@@ -368,3 +472,37 @@ def _export_onnx(s, out: Path, log, metadata: dict):
         log(f"final.onnx not written: {type(e).__name__}: {e}")
         return {"written": False, "reason": f"{type(e).__name__}: {e}"}
     return {"written": True, "path": FINAL_ONNX}
+
+
+# ---------------------------------------------------------------------------------------------- torchrun
+
+
+class _Distributed:
+    """This process's place in a torchrun job (repro.engine.ddp), as the driver needs it."""
+
+    def __init__(self, device, backend):
+        from .engine.ddp import init_process_group
+
+        self.rank, self.world, self.device = init_process_group(device, backend)
+        self.dp = None
+
+    def share(self, obj):
+        from .engine.ddp import broadcast_object
+
+        return broadcast_object(obj)
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        dist.barrier()
+
+    def describe(self, s) -> dict:
+        import torch.distributed as dist
+
+        feed = next(iter(s.net.feeders.values()))
+        self.dp = s.comm
+        return {"world_size": self.world, "backend": dist.get_backend(), "global_batch": feed.batch_size,
+                "per_rank_batch": feed.local}
+
+
+__all__ += ["file_id", "finish_run", "Signals", "Console"]

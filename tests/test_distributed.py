@@ -129,9 +129,9 @@ def test_feed_shards_partition_the_global_batch(study):
 
 
 def test_one_process_group_is_bitwise_the_solver(study, tmp_path):
-    """World size 1 through DDP: the very same arithmetic as Solver.step on the net's own Data layer."""
-    from repro.engine.ddp import DistributedTrainer, distributed_solver
-    from repro.prototxt import read_solver
+    """World size 1 through DDP (the Solver's own step loop with the DataParallel comm and a DeviceFeed shard):
+    the very same arithmetic as Solver.step on the net's own Data layer."""
+    from repro.engine.ddp import data_parallel
     from repro.solver import Solver
 
     cwd = os.getcwd()
@@ -141,9 +141,9 @@ def test_one_process_group_is_bitwise_the_solver(study, tmp_path):
         ref.step(5)
         dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
         try:
-            s, feed = distributed_solver(read_solver("solver.prototxt"), device="cpu", rank=0, world=1,
-                                         data_root=study)
-            DistributedTrainer(s, feed).step(5)
+            s = Solver("solver.prototxt")
+            feed = data_parallel(s, rank=0, world=1, data_root=study)
+            s.step(5)
             feed.close()
         finally:
             dist.destroy_process_group()

@@ -1,4 +1,4 @@
-"""The fast training path: fused LRN, NetPlan / TrainStep (frozen prefix under no_grad), DeviceFeed, fast mode.
+"""The training engine: fused LRN, NetPlan (frozen prefix under no_grad) behind Solver.step, DeviceFeed, numerics modes.
 
 The faithful pieces must compute what the reference path computes (Solver.step on the Net, the LRN layer,
 Caffe's golden G1 numbers); fast mode must leave faithful defaults alone and keep float32 master weights.
@@ -9,10 +9,11 @@ import pytest
 import torch
 
 from repro.data.device_feed import DeviceFeed, write_store
-from repro.engine.modes import FAITHFUL, FastMode, apply_numerics, fast_step
-from repro.engine.plan import NetPlan, PlanError, TrainStep, feedable
+from repro.engine.modes import FAITHFUL, apply_numerics
+from repro.engine.plan import NetPlan, feedable
 from repro.layers.lrn_fused import lrn_across_channels_fused
 from repro.layers.vision import lrn_across_channels
+from repro.net import NetError
 from repro.numerics import is_faithful, set_faithful
 from repro.proto import caffe_pb2
 from repro.prototxt import read_net
@@ -71,8 +72,10 @@ def test_fused_lrn_matches_the_layer(device, size, k):
     y = lrn_across_channels_fused(x, size, 1e-4, 0.75, k)
     (gx,) = torch.autograd.grad((y * g).sum(), x)
     assert rel(y, y_ref) < 1e-6 and rel(gx, gx_ref) < 1e-6
-    if device == "cpu":  # the CPU window sum adds the same slices in the same order as the reference
-        assert torch.equal(y, y_ref)
+    # Both float32 paths against float64: the window sum, pow and product round a few times, so a few float32
+    # ulps (eps 1.2e-7); bit-equality between the two paths is not promised (vectorised pow differs by CPU).
+    y64 = lrn_across_channels(x.detach().double(), size, 1e-4, 0.75, k)
+    assert rel(y.double(), y64) < 1e-6 and rel(y_ref.double(), y64) < 1e-6
     with pytest.raises(ValueError, match="odd"):
         lrn_across_channels_fused(x, 4, 1e-4, 0.75)
 
@@ -80,7 +83,7 @@ def test_fused_lrn_matches_the_layer(device, size, k):
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_lrn_layer_trains_through_the_fused_node_on_cpu(channels_last):
     """The LRN layer on the CPU, when a gradient is wanted, is one autograd node (x and scale saved) whose
-    forward is the reference's bits and whose input gradient is the reference's to float32 rounding; without
+    forward and input gradient are the reference's to float32 rounding; without
     a gradient it runs the reference ops."""
     from repro.net import Net
 
@@ -99,27 +102,31 @@ def test_lrn_layer_trains_through_the_fused_node_on_cpu(channels_last):
     y = net(x=x)["y"]
     assert type(y.grad_fn).__name__ == "CrossChannelLRNBackward"
     (gx,) = torch.autograd.grad((y * g).sum(), x)
-    assert torch.equal(y.detach(), y_ref.detach()) and rel(gx, gx_ref) < 1e-6
+    # the fused node and the reference ops round differently on some CPUs (vectorised pow): both are held to
+    # float64 within a few float32 ulps, not to each other's bits
+    y64 = lrn_across_channels(x.detach().double(), layer.size, layer.alpha, layer.beta, layer.k)
+    assert rel(y.detach().double(), y64) < 1e-6 and rel(y_ref.detach().double(), y64) < 1e-6
+    assert rel(gx, gx_ref) < 1e-6
     with torch.no_grad():
         y0 = net(x=x)["y"]
-    assert y0.grad_fn is None and torch.equal(y0, y_ref.detach())
+    assert y0.grad_fn is None and rel(y0.double(), y64) < 1e-6
 
 
 # ------------------------------------------------------------------------------------------ the plan
 
 
-def test_train_step_is_bitwise_solver_step():
+def test_train_iteration_is_bitwise_solver_step():
+    """Solver.train_iteration (the engine's bare iteration, what benchmarks time) is Solver.step's arithmetic."""
     net, _ = feedable(SMALL, "TRAIN", batch_size=8)
     data = batches(4)
     a = Solver(solver_param(net))
     for b in data:
         a.step(1, feed=b)
     b = Solver(solver_param(net))  # same seed: same weights, same dropout stream
-    step = TrainStep(b, fused_lrn=False)
-    losses = [step.step(x) for x in data]
+    losses = [b.train_iteration(x) for x in data]
     assert b.iter == 4 and all(torch.isfinite(l) for l in losses)
     assert_same_params(a, b)
-    assert step.plan.frozen_layers == []  # the base net learns every layer
+    assert b.plan.frozen_layers == []  # the base net learns every layer
 
 
 def test_frozen_prefix_runs_without_graph_and_matches_solver():
@@ -137,11 +144,10 @@ def test_frozen_prefix_runs_without_graph_and_matches_solver():
     for x in data:
         a.step(1, feed=x)
     b = Solver(solver_param(net))
-    step = TrainStep(b, fused_lrn=False)
-    assert step.plan.frozen_layers[:8] == ["conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2"]
-    assert "conv4" not in step.plan.frozen_layers
+    assert b.plan.frozen_layers[:8] == ["conv1", "relu1", "pool1", "norm1", "conv2", "relu2", "pool2", "norm2"]
+    assert "conv4" not in b.plan.frozen_layers
     for x in data:
-        step.step(x)
+        b.train_iteration(x)
     assert_same_params(a, b)
     assert torch.equal(b.net.params["conv2"][0], w0)
 
@@ -158,18 +164,17 @@ def test_frozen_prefix_runs_without_graph_and_matches_solver():
 
     full_net, _ = feedable(SMALL, "TRAIN", batch_size=8)
     full = NetPlan(Solver(solver_param(full_net)).net, fused_lrn=False)
-    assert saved_bytes(step.plan) < 0.5 * saved_bytes(full)
+    assert saved_bytes(b.plan) < 0.5 * saved_bytes(full)
 
 
 def test_plan_names_a_missing_input():
     net, _ = feedable(SMALL, "TRAIN", batch_size=8)
-    step = TrainStep(Solver(solver_param(net)))
-    with pytest.raises(PlanError, match="label"):
-        step.step({"data": torch.zeros(8, 3, 56, 56)})
+    with pytest.raises(NetError, match="label"):
+        Solver(solver_param(net)).train_iteration({"data": torch.zeros(8, 3, 56, 56)})
 
 
 def test_device_feed_from_the_data_layer_reproduces_solver_step(tmp_path):
-    """The net's own Data layer (Solver.step) and a DeviceFeed of the same layer into TrainStep: same
+    """The net's own Data layer (Solver.step) and a DeviceFeed of the same layer fed from outside: same
     images, crops, mirrors, hence the same weights, across a feed restore."""
     rng = np.random.RandomState(0)
     write_store(tmp_path / "train", rng.randint(0, 256, (40, 3, 64, 64)).astype(np.uint8), rng.randint(0, 20, 40))
@@ -184,16 +189,15 @@ def test_device_feed_from_the_data_layer_reproduces_solver_step(tmp_path):
     a.step(7)
     fnet, replaced = feedable(net, "TRAIN")
     b = Solver(solver_param(fnet, lr=0.001))
-    step = TrainStep(b, fused_lrn=False)
     feed = DeviceFeed.from_layer(replaced["data"], "TRAIN", workers=1)
     for _ in range(3):
-        step.step(next(feed))
+        b.train_iteration(next(feed))
     state = feed.state_dict()
     feed.close()
     feed = DeviceFeed.from_layer(replaced["data"], "TRAIN", workers=1)
     feed.load_state_dict(state)
     for _ in range(4):
-        step.step(next(feed))
+        b.train_iteration(next(feed))
     feed.close()
     assert_same_params(a, b)
 
@@ -205,18 +209,18 @@ def test_fast_mode_keeps_faithful_defaults_and_float32_masters():
     net, _ = feedable(SMALL, "TRAIN", batch_size=8)
     s = Solver(solver_param(net, lr=0.001))
     assert is_faithful()
-    TrainStep(s)  # the plain plan changes no global setting
+    assert s.plan.frozen_layers == []  # building the plan changes no global setting
     assert is_faithful()
-    step = fast_step(s, FastMode(bf16=True, channels_last=True))
+    s.set_numerics("fast")
     assert not is_faithful()
-    losses = [float(step.step(x)) for x in batches(3)]
+    losses = [float(s.train_iteration(x)) for x in batches(3)]
     assert all(np.isfinite(losses))
     conv = s.net.params["conv2"][0]
     assert conv.dtype == torch.float32 and conv.is_contiguous(memory_format=torch.channels_last)
     assert s.history["conv2"][0].is_contiguous(memory_format=torch.channels_last)
     # bf16 forward, float32 loss: the first loss is the faithful one to bf16 precision
     ref = Solver(solver_param(net, lr=0.001))
-    ref_loss = float(TrainStep(ref, fused_lrn=False).forward_backward(batches(1)[0]))
+    ref_loss = float(ref.forward_backward(batches(1)[0]))
     assert losses[0] == pytest.approx(ref_loss, rel=3e-2)
     apply_numerics(FAITHFUL)
     assert is_faithful()
@@ -245,7 +249,7 @@ def test_golden_g1_through_the_plan_with_fused_lrn(golden, device):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_feed_and_step_match_the_cpu(tmp_path):
-    """The side-stream copy/transform gives the CPU's batches; faithful TrainStep on CUDA tracks the CPU."""
+    """The side-stream copy/transform gives the CPU's batches; faithful training on CUDA tracks the CPU."""
     rng = np.random.RandomState(1)
     store = write_store(tmp_path / "s", rng.randint(0, 256, (64, 3, 64, 64)).astype(np.uint8), rng.randint(0, 20, 64))
     from repro.data.transform import TransformSpec
@@ -265,10 +269,9 @@ def test_cuda_feed_and_step_match_the_cpu(tmp_path):
         if layer.type == "Dropout":
             layer.dropout_param.dropout_ratio = 0.0  # CPU and CUDA dropout streams differ
     a = Solver(solver_param(net, lr=0.001))
-    b = Solver(solver_param(net, lr=0.001), device="cuda")
-    sa, sb = TrainStep(a, fused_lrn=False), TrainStep(b)  # CUDA: fused LRN by default
+    b = Solver(solver_param(net, lr=0.001), device="cuda")  # CUDA: fused LRN by default
     for x in got:
-        sa.step(x)
-        sb.step(x)
+        a.train_iteration(x)
+        b.train_iteration(x)
     assert_same_params(a, b, tol=1e-4)
     assert is_faithful()

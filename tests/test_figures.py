@@ -9,8 +9,9 @@ import pytest
 from conftest import REPO
 
 from repro import resources
+from repro.runlog import paper_metric
 from repro.study.figures import figure2_table, figure3_table, reduced_table, table1, write_report
-from repro.study.results import ResultsError, TestPoint, read_run_log, read_runs, scores, top_k_mean
+from repro.study.results import ResultsError, TestPoint, read_run_log, read_runs, scores
 
 HALF_ULP_4DP = 0.5e-4 + 1e-9   # "equal to 4 decimals": FIGURES.md rounds (0.48505 is printed 0.4850)
 
@@ -121,7 +122,7 @@ def _run(tmp_path, name, tops, extra=""):
 
 
 def test_run_log_reader(tmp_path):
-    assert top_k_mean(range(20)) == 14.5 and top_k_mean([0.3, 0.1], k=10) == pytest.approx(0.2)
+    assert paper_metric(range(20)) == 14.5 and paper_metric([0.3, 0.1], k=10) == pytest.approx(0.2)
     path = _run(tmp_path, "half0A", [0.1, 0.2, 0.3], extra=json.dumps({"iter": 2000, "top1": 0.25}) + "\n"
                 + json.dumps({"iter": 3000, "top1": 0.9, "phase": "train"}) + "\n")
     # a resumed run that re-tests iteration 2000: the later line wins

@@ -58,8 +58,8 @@ def test_plan_orders_bases_first_and_adds_missing_ones(tmp_path):
     assert text.endswith("4 nets: 4 to run (0 resumed), 0 finished; devices: cpu, cpu")
     # A finished base is not added again, and the transfer does not wait for it.
     (tmp_path / "half1A").mkdir()
-    for f in ("final.caffemodel", "summary.json"):
-        (tmp_path / "half1A" / f).write_text("x")
+    (tmp_path / "half1A" / "final.caffemodel").write_text("x")
+    (tmp_path / "half1A" / "summary.json").write_text('{"status": "finished"}')
     jobs = plan(st, [cell_from_name("transfer1A1B_1_3")])
     assert [(j.name, j.deps) for j in jobs] == [("transfer1A1B_1_3", ())]
 

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from repro.caffemodel import read_caffemodel
-from repro.train import RunError, best_k_mean, run
+from repro.runlog import paper_metric
+from repro.train import RunError, run
 
 # A tiny CaffeNet-like net on the built-in data (Data layers, crop + mirror, dropout: every random stream).
 NET = """
@@ -119,8 +120,10 @@ def test_run_folder_is_the_record(reference):
     assert summary == json.loads((out / "summary.json").read_text())
     assert summary["eval"]["images"] == 100  # the single pass counts each validation image once
     snaps = sorted(p.name for p in (out / "snapshots").iterdir())
-    assert [s for s in snaps if s.endswith(".caffemodel")] == [f"snapshot_iter_{i}.caffemodel" for i in (12, 4, 8)]
-    assert len([s for s in snaps if s.endswith(".state.pt")]) == 2  # keep_states=2: the newest two
+    # Retention(): the newest two resume states (8, 12) with their weights; snapshot 4 is gone (stepsize 6:
+    # no snapshot fell just before a rate drop)
+    assert [s for s in snaps if s.endswith(".caffemodel")] == [f"snapshot_iter_{i}.caffemodel" for i in (12, 8)]
+    assert [s for s in snaps if s.endswith(".state.pt")] == [f"snapshot_iter_{i}.state.pt" for i in (12, 8)]
     final = weights(out / "final.caffemodel")
     assert same_weights(final, weights(out / "snapshots" / "snapshot_iter_12.caffemodel"))
     pt = torch.load(out / "final.pt", weights_only=True)
@@ -213,10 +216,10 @@ def test_testing_wraps_around_like_caffe(tmp_path, solver_file, data_root):
     assert single["images"] == 100
 
 
-def test_best_k_mean():
-    assert best_k_mean([0.1, 0.5, 0.3], k=2) == pytest.approx(0.4)
-    assert best_k_mean(list(range(20))) == pytest.approx(np.mean(range(10, 20)))
-    assert best_k_mean([]) is None
+def test_paper_metric():
+    assert paper_metric([0.1, 0.5, 0.3], k=2) == pytest.approx(0.4)
+    assert paper_metric(list(range(20))) == pytest.approx(np.mean(range(10, 20)))
+    assert paper_metric([]) is None
 
 
 def test_final_onnx_hook(tmp_path, solver_file):

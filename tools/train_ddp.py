@@ -6,15 +6,15 @@
 The global batch stays the prototxt's batch_size (the paper's 256), split evenly over the processes, so the
 result does not depend on the GPU count (repro/distributed.py). The run folder is the one tools/train_base.py
 writes (repro.train.run); running the same command again resumes from the newest snapshot, on any process
-count that divides the batch. --fused-lrn / --no-fused-lrn choose the LRN implementation (default: fused on
-CUDA); training stays faithful float32.
+count that divides the batch.
 """
 import argparse
 import sys
 
 import torch.distributed as dist
 
-from repro.engine.ddp import run_ddp
+from repro.errors import ReproError
+from repro.train import run
 
 
 def main(argv=None):
@@ -26,15 +26,13 @@ def main(argv=None):
     p.add_argument("--max-iter", type=int, help="override the solver's max_iter")
     p.add_argument("--device", help="cpu or cuda (default: cuda:LOCAL_RANK when CUDA is there)")
     p.add_argument("--backend", help="nccl or gloo (default: nccl on CUDA, gloo on CPU)")
-    p.add_argument("--fused-lrn", dest="fused_lrn", action="store_true", default=None)
-    p.add_argument("--no-fused-lrn", dest="fused_lrn", action="store_false")
     p.add_argument("--no-onnx", action="store_true", help="do not write final.onnx")
     a = p.parse_args(argv)
     try:
-        result = run_ddp(a.solver, a.out, weights=a.weights, device=a.device, backend=a.backend,
-                         data_root=a.data_root, max_iter=a.max_iter, onnx=not a.no_onnx, fused_lrn=a.fused_lrn,
-                         record={"tool": "train_ddp"})
-    except (ValueError, OSError) as e:  # DistributedError, SolverError, DataLayerError, FeedError ...
+        result = run(a.solver, a.out, weights=a.weights, device=a.device, backend=a.backend,
+                     data_root=a.data_root, max_iter=a.max_iter, onnx=not a.no_onnx, distributed=True,
+                     record={"tool": "train_ddp"})
+    except (ReproError, OSError) as e:
         sys.exit(f"train_ddp: {e}")
     finally:
         if dist.is_initialized():

@@ -151,11 +151,15 @@ class DeviceFeed:
                 "transform": rand}
 
     def load_state_dict(self, d: dict) -> None:
-        if d["count"] != len(self.store) or d["batch_size"] != self.batch_size:
-            raise FeedError(f"feed state is for {d['count']} images in global batches of {d['batch_size']}; this "
+        """Restore a state of this feed, or of the Net's own reader of the same layer
+        (repro.data.layer.DataLayerFeeder: its "skip" is our "start"), so a run resumes on another device."""
+        batch = d.get("batch_size", self.batch_size)
+        if (d["count"] is not None and d["count"] != len(self.store)) or batch != self.batch_size:
+            raise FeedError(f"feed state is for {d['count']} images in global batches of {batch}; this "
                             f"feed has {len(self.store)} in batches of {self.batch_size}")
         self._drain()
-        self.start, self.k, self._submitted = int(d["start"]), int(d["batches"]), int(d["batches"])
+        start = d["start"] if "start" in d else d["skip"]
+        self.start, self.k, self._submitted = int(start), int(d["batches"]), int(d["batches"])
         self.transformer.load_state_dict(d["transform"])
 
     def _drain(self):
@@ -181,21 +185,29 @@ class DeviceFeed:
         """The feed of a Data layer over a store, with the seeds ``repro.data.layer.DataLayerFeeder`` uses
         (``seed`` default: torch.initial_seed(), as a Net's feeder): same records, crops and mirrors."""
         from .layer import DataLayerFeeder
-        from .loader import StoreSource
 
         feeder = DataLayerFeeder(layer_param, phase, base_dir, seed=seed)
         try:
-            if not isinstance(feeder.source, StoreSource):
-                raise FeedError(f"layer {layer_param.name!r}: DeviceFeed reads our store; "
-                                f"{type(feeder.source).__name__} sources are read by the Net's own feeder "
-                                f"(convert an LMDB with tools/convert_imageset.py / convert_db_to_store)")
-            t = Transformer(feeder.transformer.spec, phase, seed=0, device=device)
-            t.load_state_dict(feeder.transformer.state_dict())
-            return cls(feeder.source.store, batch_size or feeder.batch_size, phase=phase, device=device,
-                       shard=shard, start=feeder.skip, shuffle=feeder.source.order.shuffle,
-                       order_seed=feeder.source.order.seed, transformer=t, **kw)
+            return cls.from_feeder(feeder, device=device, shard=shard, batch_size=batch_size, **kw)
         finally:
             feeder.close()
+
+    @classmethod
+    def from_feeder(cls, feeder, *, device="cpu", shard=(0, 1), batch_size: int | None = None,
+                    **kw) -> "DeviceFeed":
+        """The same stream as a Net's Data layer reader (``net.feeder(name)``) from its current position: same
+        records, crops and mirrors, read on ``device``. The reader itself is left as it was."""
+        from .loader import StoreSource
+
+        if not isinstance(feeder.source, StoreSource):
+            raise FeedError(f"layer {feeder.name!r}: DeviceFeed reads our store; "
+                            f"{type(feeder.source).__name__} sources are read by the Net's own feeder "
+                            f"(convert an LMDB with tools/convert_imageset.py / convert_db_to_store)")
+        t = Transformer(feeder.transformer.spec, feeder.phase, seed=0, device=device)
+        t.load_state_dict(feeder.transformer.state_dict())
+        return cls(feeder.source.store, batch_size or feeder.batch_size, phase=feeder.phase, device=device,
+                   shard=shard, start=feeder.position, shuffle=feeder.source.order.shuffle,
+                   order_seed=feeder.source.order.seed, transformer=t, **kw)
 
 
 def default_workers() -> int:

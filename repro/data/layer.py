@@ -156,6 +156,11 @@ class DataLayerFeeder(CursorState):
         return self._cursor_state(count=self._count())
 
     def load_state_dict(self, d: dict):
+        if "skip" not in d:  # a DeviceFeed's state of this layer (a run resumed on another device)
+            if d.get("batch_size", self.batch_size) != self.batch_size:
+                raise DataLayerError(f"layer {self.name!r}: state is for batches of {d['batch_size']}, this "
+                                     f"layer reads {self.batch_size}")
+            d = {**d, "skip": d["start"], "seed": self.seed}
         count = self._count()
         if (None not in (d["count"], count) and d["count"] != count) or d["seed"] != self.seed:
             raise DataLayerError(f"layer {self.name!r}: state is for {d['count']} records with seed {d['seed']}, "

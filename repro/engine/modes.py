@@ -1,26 +1,26 @@
-"""Fast mode: bf16 autocast, channels_last, TF32 and (optionally) torch.compile for a Solver's training step.
+"""The numerics a training run chooses: ``faithful`` (the default), ``fp32``, ``tf32`` or ``fast``.
 
-Faithful mode stays the default everywhere: a :class:`repro.net.Net` sets IEEE float32 and deterministic
-algorithms when it is built (repro.numerics), and nothing here runs unless asked for::
+Every training tool takes ``--numerics`` (and ``--compile``); the choice is applied by
+``Solver(numerics=...)`` / :meth:`repro.solver.Solver.set_numerics` and recorded in the run's run.json.
 
-    solver = Solver("prototxt/caffenet/solver.prototxt", device="cuda")
-    step = fast_step(solver, FastMode())            # bf16 + channels_last + TF32 + cudnn.benchmark
-    for i in range(n):
-        loss = step.step(next(feed))                # device tensor; read it when displaying
-    solver.test_all()                               # TEST nets: no autocast (TF32 products while it is on)
+=========== ==============================================================================================
+faithful    Caffe's arithmetic, proven against real Caffe (README, "Proof"): IEEE float32 with TF32 off,
+            deterministic algorithms, and on CUDA the convolution weight gradient by im2col + SGEMM in
+            Caffe's per-image order (``BaseConvolutionLayer::weight_cpu_gemm``), because cuDNN's fp32
+            weight gradient of the grouped conv2 lands ~1.4e-3 off Caffe's.
+fp32        IEEE float32 with PyTorch's native kernels: cuDNN/oneDNN everywhere (weight gradients
+            included), its autotuner on (``cudnn.benchmark``), nondeterministic algorithms allowed. Same
+            precision class as Caffe, not Caffe's summation order.
+tf32        fp32, with TF32 tensor cores for convolutions and matrix products (10-bit mantissa inputs).
+fast        bf16 autocast for convolutions and inner products, channels_last, TF32 for what stays float32.
+            Weights, their gradients, Caffe's momentum history and the update stay float32; Caffe's loss
+            and accuracy layers run in float32 (``repro.engine.plan.FP32_TYPES``).
+=========== ==============================================================================================
 
-What each switch changes, and why it stays close to Caffe:
-
-* ``bf16``: convolutions and inner products run under ``torch.autocast(bfloat16)`` (8-bit mantissa, float32
-  range, so no loss scaling). Weights, their gradients, Caffe's momentum history and the update stay float32
-  (autocast keeps float32 master weights); Caffe's loss and accuracy layers run in float32
-  (``repro.engine.plan.FP32_TYPES``).
-* ``channels_last``: the 4-D weights, their momentum history and the data are stored NHWC, the layout tensor
-  cores read without transposes. Values and shapes do not change.
-* ``tf32``: float32 products that remain (everything with ``bf16`` off) may use TF32 tensor cores.
-* ``cudnn_benchmark``: cuDNN times its algorithms once per shape and keeps the fastest (nondeterministic).
-* ``compile``: each run of layers between loss layers goes through ``torch.compile`` (fuses LRN, ReLU,
-  dropout and the casts; a first step takes tens of seconds).
+``--compile`` adds torch.compile of each run of layers between float32 loss layers (any mode; a first step
+takes tens of seconds). On the CPU, fp32/tf32 differ from faithful only in that oneDNN's weight gradient is
+used either way (the CPU path has no Caffe-order wgrad; see repro/layers/vision.py) and deterministic mode is
+off; ``fast`` uses bf16 where the CPU supports it (benchmarks/RESULTS.md says when it pays).
 
 That fast mode learns the same thing as faithful mode is measured, not assumed: benchmarks/fast_equivalence.py
 trains the small net on the built-in data both ways and compares the test accuracy (benchmarks/RESULTS.md).
@@ -32,19 +32,23 @@ from dataclasses import asdict, dataclass
 
 import torch
 
+from ..errors import ReproError
 from ..numerics import set_faithful
-from .plan import TrainStep
+
+
+class NumericsError(ReproError):
+    """An unknown numerics mode."""
 
 
 @dataclass(frozen=True)
-class FastMode:
-    """The switches of fast mode (see the module doc). ``FastMode()`` turns on everything but compile."""
+class Numerics:
+    """The switches of one mode (see the module doc)."""
 
-    bf16: bool = True
-    channels_last: bool = True
-    tf32: bool = True
-    cudnn_benchmark: bool = True
-    compile: bool = False
+    name: str
+    bf16: bool = False
+    channels_last: bool = False
+    tf32: bool = False
+    cudnn_benchmark: bool = False
     # None: the fused LRN on CUDA, unless compiling (the compiler fuses the layer's own ops) or in channels_last
     # (the fused LRN sums over channels in NCHW; the layer's channel slices work on NHWC as they are)
     fused_lrn: bool | None = None
@@ -54,21 +58,37 @@ class FastMode:
 
     @property
     def faithful(self) -> bool:
-        return not (self.bf16 or self.channels_last or self.tf32 or self.cudnn_benchmark or self.compile)
+        return self.name == "faithful"
 
 
-FAITHFUL = FastMode(bf16=False, channels_last=False, tf32=False, cudnn_benchmark=False, compile=False)
-TF32_ONLY = FastMode(bf16=False, channels_last=False, tf32=True, cudnn_benchmark=True, compile=False)
+MODES = {
+    "faithful": Numerics("faithful"),
+    "fp32": Numerics("fp32", cudnn_benchmark=True),
+    "tf32": Numerics("tf32", tf32=True, cudnn_benchmark=True),
+    "fast": Numerics("fast", bf16=True, channels_last=True, tf32=True, cudnn_benchmark=True),
+}
+FAITHFUL, FP32, TF32, FAST = (MODES[k] for k in ("faithful", "fp32", "tf32", "fast"))
 
 
-def apply_numerics(mode: FastMode) -> None:
-    """Set the process-wide backend switches of ``mode``; FAITHFUL puts back ``set_faithful(True)``.
+def numerics(mode: str | Numerics) -> Numerics:
+    """The mode named ``mode`` (or ``mode`` itself)."""
+    if isinstance(mode, Numerics):
+        return mode
+    try:
+        return MODES[str(mode)]
+    except KeyError:
+        raise NumericsError(f"unknown numerics {mode!r}; choose one of {', '.join(MODES)}") from None
 
-    Note that building a :class:`repro.net.Net` calls ``set_faithful(True)`` again: apply this after the
-    nets are built (``fast_step`` does)."""
+
+def apply_numerics(mode: str | Numerics) -> Numerics:
+    """Set the process-wide backend switches of ``mode``; ``faithful`` is ``set_faithful(True)``.
+
+    Building a :class:`repro.net.Net` calls ``set_faithful(True)`` again: a Solver applies its mode after its
+    nets are built."""
+    mode = numerics(mode)
     if mode.faithful:
         set_faithful(True)
-        return
+        return mode
     set_faithful(False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # newer torch prefers fp32_precision; the legacy flags still work
@@ -76,30 +96,21 @@ def apply_numerics(mode: FastMode) -> None:
         torch.backends.cuda.matmul.allow_tf32 = bool(mode.tf32)
         torch.set_float32_matmul_precision("high" if mode.tf32 else "highest")
         torch.backends.cudnn.benchmark = bool(mode.cudnn_benchmark)
+    return mode
 
 
-def to_channels_last(solver) -> None:
-    """Store the TRAIN net's 4-D weights and their momentum history NHWC (same Parameter objects, so the
-    solver, snapshots and TEST-net weight sharing keep working)."""
-    for blobs in solver.net.params.values():
-        for w in blobs:
-            if w.dim() == 4:
-                w.data = w.data.contiguous(memory_format=torch.channels_last)
-    for hist in solver.history.values():
-        for v in hist:
-            if v.dim() == 4:
-                v.data = v.data.contiguous(memory_format=torch.channels_last)
-
-
-def fast_step(solver, mode: FastMode = FastMode(), **plan_options) -> TrainStep:
-    """A :class:`repro.engine.plan.TrainStep` for ``solver`` in ``mode`` (numerics set, layouts converted)."""
-    apply_numerics(mode)
-    if mode.channels_last:
-        to_channels_last(solver)
+def plan_options(mode: Numerics, device: torch.device, compile: bool = False) -> dict:
+    """The :class:`repro.engine.plan.NetPlan` options of ``mode`` on ``device``."""
     fused = mode.fused_lrn
     if fused is None:
-        fused = torch.device(solver.device).type == "cuda" and not (mode.compile or mode.channels_last)
-    options = dict(autocast=torch.bfloat16 if mode.bf16 else None, channels_last=mode.channels_last,
-                   compile=mode.compile, fused_lrn=fused)
-    options.update(plan_options)
-    return TrainStep(solver, **options)
+        fused = device.type == "cuda" and not (compile or mode.channels_last)
+    return {"autocast": torch.bfloat16 if mode.bf16 else None, "channels_last": mode.channels_last,
+            "compile": bool(compile), "fused_lrn": fused}
+
+
+def to_channels_last(params, history) -> None:
+    """Store 4-D weights and their momentum history NHWC (same Parameter objects, so the solver, snapshots and
+    TEST-net weight sharing keep working). ``params``/``history``: iterables of tensors."""
+    for t in list(params) + list(history):
+        if t.dim() == 4:
+            t.data = t.data.contiguous(memory_format=torch.channels_last)

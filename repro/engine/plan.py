@@ -1,11 +1,8 @@
-"""The training step without host round trips: a static run plan of a :class:`repro.net.Net` and
-:class:`TrainStep`, which applies Caffe's update from the :class:`repro.solver.Solver` unchanged.
+"""The training engine's forward: a static run plan of a :class:`repro.net.Net` (:class:`NetPlan`).
 
-``Solver.step`` is the reference path (display, test, snapshot, smoothed loss); it reads the loss back to the
-host every iteration (``loss.item()``) and keeps every blob of the last forward alive in ``net.blobs``. On a
-GPU the first stalls the CPU until the GPU has finished the step (so the next step's launches and the next
-batch's copy cannot overlap it); the second holds a second copy of the activations during the next forward.
-``TrainStep`` does the same arithmetic without either:
+``Solver.step`` (repro/solver.py) runs every training iteration through a NetPlan: this is the one training
+engine of the project, behind every tool (train_base, transfer, run_grid, caffe.py, train_ddp). What the plan
+adds to ``Net.forward`` for training:
 
 * ``NetPlan`` resolves, once, which layer reads which blobs and which layers need a backward at all. Caffe's
   ``Net::Init`` does the same (``layer_need_backward_``): a layer none of whose learnable blobs has a nonzero
@@ -14,12 +11,14 @@ batch's copy cannot overlap it); the second holds a second copy of the activatio
   backward computation" and which made those nets ~1.7x faster to train. Those layers run under
   ``torch.no_grad()``: nothing is recorded, no activation is kept for a backward.
 * Caffe's cross-channel LRN runs as one autograd node with Caffe's closed-form backward
-  (:mod:`repro.layers.lrn_fused`) when ``fused_lrn`` (default: on CUDA; on the CPU the LRN layer does so itself).
-* ``TrainStep.step`` = Solver::Step's body: clear diffs, ``iter_size`` forward/backward passes, then
-  ``Solver.apply_update`` (Caffe's SGD on ``torch._foreach`` ops), ``iter += 1``. The loss comes back as a
-  device tensor; read it when you display.
+  (:mod:`repro.layers.lrn_fused`) when ``fused_lrn`` (default: on CUDA; on the CPU the LRN layer does so
+  itself).
+* the numerics modes of :mod:`repro.engine.modes` (bf16 autocast around the non-float32 layers,
+  channels_last inputs, torch.compile of each run of layers between float32 layers).
 
-Fast mode (:mod:`repro.engine.modes`) adds bf16 autocast, channels_last and torch.compile on top of the same plan.
+Net inputs come from ``Net.input_blobs``: given tensors, else the net's Data layer feeders (the Net's own
+reader, or one a driver put into ``net.feeders``, e.g. a :class:`repro.data.device_feed.DeviceFeed`). The loss
+comes back as a device tensor: nothing here waits for the device.
 """
 from __future__ import annotations
 
@@ -28,17 +27,12 @@ from dataclasses import dataclass
 
 import torch
 
-from ..errors import ReproError
 from ..layers.lrn_fused import lrn_across_channels_fused
 
 # Layers kept out of autocast and torch.compile: Caffe's losses and metrics (float32 on purpose; they check
 # labels on the host and read protobuf fields, which would split a compiled graph anyway).
 FP32_TYPES = frozenset({"SoftmaxWithLoss", "Softmax", "Accuracy", "EuclideanLoss", "SigmoidCrossEntropyLoss",
                         "HingeLoss", "InfogainLoss", "MultinomialLogisticLoss", "ContrastiveLoss"})
-
-
-class PlanError(ReproError):
-    """A net the plan cannot run (an input missing, a layer type it cannot place)."""
 
 
 @dataclass
@@ -57,9 +51,10 @@ class _Step:
 class NetPlan:
     """Runs ``net``'s non-input layers in order from a plan built once (see module doc).
 
-    ``plan(inputs) -> (total_loss, outputs)``: ``inputs`` maps every net-input blob (data, label) to a tensor;
-    ``outputs`` are the net's output blobs (``net.outputs``); ``total_loss`` is sum(loss_weight * top) as in
-    ``Net.forward`` (None without a loss). Options: ``fused_lrn`` (None: on CUDA; on the CPU the LRN layer
+    ``plan(inputs) -> (total_loss, outputs)``: ``inputs`` maps net-input blobs (data, label) to tensors; those
+    not given come from the net's Data layer feeders (``Net.input_blobs``); ``outputs`` are the net's output
+    blobs (``net.outputs``); ``total_loss`` is sum(loss_weight * top) as in ``Net.forward`` (None without a
+    loss). Options: ``fused_lrn`` (None: on CUDA; on the CPU the LRN layer
     itself trains through the fused node, so the option changes nothing there), ``autocast`` (a dtype, e.g.
     torch.bfloat16, or None), ``channels_last`` (4-D inputs in that layout), ``compile`` (torch.compile each
     run of layers between fp32 layers).
@@ -72,8 +67,6 @@ class NetPlan:
         if fused_lrn is None:
             fused_lrn = self.device.type == "cuda"
         self.fused_lrn, self.autocast, self.channels_last = bool(fused_lrn), autocast, bool(channels_last)
-        self.inputs = list(net.inputs)
-        self.input_shapes = {t: tuple(s) for t, s in net.blob_shapes.items() if t in self.inputs}
         self.loss_weights = dict(net.loss_weights)
         self.outputs = list(net.outputs)
         self.steps = self._plan(net)
@@ -132,28 +125,11 @@ class NetPlan:
 
     # ------------------------------------------------------------------------------------------ running
 
-    def _prepare(self, inputs: dict) -> dict:
-        missing = [t for t in self.inputs if t not in inputs]
-        if missing:
-            raise PlanError(f"net {self.net.name!r}: input blob(s) {missing} not given (the plan does not read "
-                            f"Data layers itself; pass every input: {self.inputs})")
-        blobs = {}
-        for t in self.inputs:
-            x = inputs[t]
-            x = torch.as_tensor(x)
-            x = x.to(device=self.device, dtype=torch.float32, non_blocking=True)
-            declared = self.input_shapes[t]
-            if x.dim() != len(declared) or tuple(x.shape[1:]) != tuple(declared[1:]):
-                raise PlanError(f"net input {t!r}: got shape {tuple(x.shape)}, the net was built for {declared} "
-                                "(only the batch size may differ)")
-            if x.dim() == 4 and (self.channels_last or self.device.type == "cpu"):
-                # Layout only (as Net does on the CPU): oneDNN / cuDNN keep channels_last through the net.
-                x = x.contiguous(memory_format=torch.channels_last)
-            blobs[t] = x
-        return blobs
-
-    def __call__(self, inputs: dict):
-        blobs = self._prepare(inputs)
+    def __call__(self, inputs: dict | None = None):
+        net = self.net
+        # Drop the last forward's blobs first (they would keep a second copy of every activation alive).
+        net.blobs, net.total_loss = {}, None
+        blobs = dict(net.input_blobs(inputs or {}, channels_last=self.channels_last))
         for _, run in self.segments:
             blobs = run(blobs)
         total = None
@@ -162,6 +138,8 @@ class NetPlan:
                 term = blobs[t].float().sum()
                 term = term * w if w != 1.0 else term
                 total = term if total is None else total + term
+        # pycaffe's solver.net.blobs after a step: the blobs of this forward (held until the next one starts)
+        net.blobs, net.total_loss = blobs, total
         return total, {b: blobs[b] for b in self.outputs if b in blobs}
 
 
@@ -199,45 +177,6 @@ def _make_runner(plan: NetPlan, steps: list[_Step]):
         return blobs
 
     return run
-
-
-# ---------------------------------------------------------------------------------------------- the step
-
-
-class TrainStep:
-    """``Solver::Step``'s arithmetic for one iteration, on ``solver``'s TRAIN net, history and iteration count.
-
-    ``step(feed) -> loss`` (a 0-d device tensor, the mean over ``iter_size`` passes, not synchronised):
-    ``feed`` is a dict of input tensors, or a callable ``feed(i)`` giving pass ``i = iter * iter_size + j``.
-    No testing, display or snapshots: the caller does those between steps (``solver.test_all()``,
-    ``solver.snapshot()``). ``plan_options`` go to :class:`NetPlan`.
-    """
-
-    def __init__(self, solver, **plan_options):
-        self.solver = solver
-        self.plan = NetPlan(solver.net, **plan_options)
-        self._params = [w for blobs in solver.net.params.values() for w in blobs]
-
-    def forward_backward(self, feed) -> torch.Tensor:
-        """Caffe: ClearParamDiffs + iter_size x ForwardBackward (diffs accumulate); returns the mean loss."""
-        for w in self._params:
-            w.grad = None
-        n = int(self.solver.param.iter_size)
-        total = None
-        for j in range(n):
-            inputs = feed(self.solver.iter * n + j) if callable(feed) else feed
-            loss, _ = self.plan(inputs)
-            if loss is None:
-                raise PlanError(f"the TRAIN net {self.solver.net.name!r} has no loss output to minimise")
-            loss.backward()
-            total = loss.detach() if total is None else total + loss.detach()
-        return total / n
-
-    def step(self, feed) -> torch.Tensor:
-        loss = self.forward_backward(feed)
-        self.solver.apply_update()  # Caffe: SGDSolver::ApplyUpdate (GetLearningRate, Regularize, ...)
-        self.solver.iter += 1
-        return loss
 
 
 # ---------------------------------------------------------------------------------------------- feeding

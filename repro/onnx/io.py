@@ -161,18 +161,21 @@ def _state_source(path: Path):
 
 
 def _last_test(path: Path) -> dict:
-    """iteration and test_accuracy (top-1) of the last test record in the run's log.jsonl (repro/train.py:
-    {"type": "test", "iter", "top1", ...}), and the paper's metric from summary.json, when present."""
+    """iteration and test_accuracy (top-1) of the run's last test point (repro.runlog), and the paper's metric
+    from summary.json, when present."""
+    import json
+
+    from ..runlog import RunLogError, read_test_points
+
     found = {}
     log = path / "log.jsonl"
     if log.is_file():
-        for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a line cut short by a kill
-            if isinstance(rec, dict) and rec.get("type") == "test" and not rec.get("net") and "top1" in rec:
-                found = {"iteration": rec.get("iter"), "test_accuracy": rec["top1"]}
+        try:
+            points = read_test_points(log)
+        except RunLogError:
+            points = []  # metadata only: a damaged log does not stop an export
+        if points:
+            found = {"iteration": points[-1].iter, "test_accuracy": points[-1].top1}
     summary = path / "summary.json"
     if summary.is_file():
         try:

@@ -59,6 +59,13 @@ class Study:
     max_iter:    run a shorter schedule: max_iter and every interval scaled to it (`scale_solver`).
     test_iter:   batches per test (default: the solver's, one pass over the validation set).
     test_interval: iterations between tests (default: the solver's, scaled with max_iter).
+    batch:       images per forward pass of the TRAIN net; the solver's iter_size makes up the effective
+                 batch (Caffe's own means), so the schedule and learning rate stay the paper's.
+    effective_batch: another effective batch (batch x iter_size) than the prototxt's (a different experiment:
+                 the paper's learning rate and schedule were tuned for 256).
+    numerics, compile: repro.engine.modes; keep: keep every snapshot (Caffe's way); force: move a folder that
+                 holds a different run aside; allow_other_base: let a transfer copy a base run trained on
+                 another schedule than this study's.
     """
 
     net: Path
@@ -69,6 +76,13 @@ class Study:
     max_iter: int | None = None
     test_iter: int | None = None
     test_interval: int | None = None
+    batch: int | None = None
+    effective_batch: int | None = None
+    numerics: str = "faithful"
+    compile: bool = False
+    keep: bool = False
+    force: bool = False
+    allow_other_base: bool = False
 
     def run_dir(self, cell: Cell) -> Path:
         return Path(self.runs) / cell.name
@@ -209,6 +223,8 @@ def realised(study: Study, cell: Cell):
         solver.test_iter[:] = [study.test_iter]
     if study.test_interval is not None:
         solver.test_interval = study.test_interval
+    if study.batch is not None or study.effective_batch is not None:
+        set_batch(train, solver, study.batch, study.effective_batch, cell.name)
     for f in ("net", "net_param", "train_net_param", "test_net_param", "test_net", "train_net"):
         solver.ClearField(f)
     solver.train_net = TRAIN_FILE
@@ -216,6 +232,68 @@ def realised(study: Study, cell: Cell):
     del solver.test_iter[1:]   # one test net, as the paper's solvers have
     solver.snapshot_prefix = "snapshots/snapshot"   # repro.train's layout
     return train, val, solver
+
+
+def set_batch(train, solver, batch: int | None, effective: int | None, where: str) -> None:
+    """Caffe's way to train at another per-pass batch: the TRAIN Data layer reads ``batch`` images and the
+    solver accumulates ``iter_size`` passes (Solver::Step sums their diffs, Normalize divides by iter_size),
+    so an update sees ``batch * iter_size`` images — the prototxt's effective batch unless ``effective`` says
+    otherwise."""
+    layers = data_layers(train)
+    if len(layers) != 1:
+        raise StudyError(f"{where}: --batch needs exactly one TRAIN data layer, found {len(layers)}")
+    p = layers[0].data_param if layers[0].type == "Data" else layers[0].image_data_param
+    ours = effective if effective is not None else int(p.batch_size) * max(1, int(solver.iter_size))
+    batch = batch if batch is not None else int(p.batch_size)
+    if batch < 1 or ours < 1:
+        raise StudyError(f"{where}: batch sizes must be >= 1, got --batch {batch}, effective batch {ours}")
+    if ours % batch:
+        raise StudyError(f"{where}: the effective batch {ours} is not a multiple of --batch {batch} (Caffe's "
+                         f"iter_size accumulates whole passes); choose a divisor of {ours}")
+    p.batch_size = batch
+    solver.iter_size = ours // batch
+
+
+# What a transfer's base run must share with the study for its weights to be the paper's kind of base net.
+SCHEDULE_FIELDS = ("base_lr", "lr_policy", "gamma", "power", "stepsize", "stepvalue", "max_iter", "momentum",
+                   "weight_decay", "type")
+
+
+def schedule(solver_text: str, train_text: str) -> dict:
+    """The training schedule of a run folder's solver and train net: the fields above and the effective batch."""
+    from google.protobuf import text_format
+
+    from ..proto import caffe_pb2
+
+    s = text_format.Parse(solver_text, caffe_pb2.SolverParameter())
+    net = text_format.Parse(train_text, caffe_pb2.NetParameter())
+    out = {}
+    for f in SCHEDULE_FIELDS:
+        v = getattr(s, f)
+        out[f] = list(v) if f == "stepvalue" else v
+    layers = data_layers(net)
+    if layers:
+        p = layers[0].data_param if layers[0].type == "Data" else layers[0].image_data_param
+        out["effective_batch"] = int(p.batch_size) * max(1, int(s.iter_size))
+    return out
+
+
+def check_base_schedule(study: "Study", cell: Cell, base: Cell) -> None:
+    """Refuse a base run trained on another schedule than this study's (a smoke test's 20-iteration weights
+    would otherwise be copied into every transfer), unless ``study.allow_other_base``."""
+    from ..runfolder import SOLVER_FILE, TRAIN_FILE, resolved_files
+
+    run_dir = study.run_dir(base)
+    if study.allow_other_base or not (run_dir / SOLVER_FILE).is_file():
+        return
+    want = resolved_files(inlined_solver(study, base))
+    have = schedule((run_dir / SOLVER_FILE).read_text(), (run_dir / TRAIN_FILE).read_text())
+    asked = schedule(want[SOLVER_FILE], want[TRAIN_FILE])
+    diff = [f"{k} {have.get(k)} there, {asked.get(k)} here" for k in asked if have.get(k) != asked.get(k)]
+    if diff:
+        raise StudyError(f"{cell.name} would copy {run_dir}, trained on another schedule than this study's "
+                         f"({'; '.join(diff)}); retrain the base net on this schedule, or pass "
+                         f"--allow-other-base to copy it anyway")
 
 
 def data_paths(train, val) -> list[Path]:
@@ -299,6 +377,7 @@ def base_weights(study: Study, cell: Cell, given=None) -> Path | None:
     if not deps:
         return None
     base = deps[0]
+    check_base_schedule(study, cell, base)
     found = find_weights(study.run_dir(base))
     if found is None:
         raise StudyError(f"{cell.name} copies {base.name}, which has no final weights in {study.run_dir(base)} "
@@ -319,20 +398,19 @@ def load_base(net, path) -> list[str]:
 # ---- one run ---------------------------------------------------------------------------------------------------
 
 def is_finished(study: Study, cell: Cell) -> bool:
-    """Finished as repro.train decides: final.caffemodel and summary.json are written (they come last)."""
-    from ..train import FINAL_CAFFEMODEL, SUMMARY_FILE
+    """Finished as repro.train decides: final weights and a summary whose status is "finished" (a diverged
+    run is not finished)."""
+    from ..runfolder import RunFolder
 
-    d = study.run_dir(cell)
-    return (d / FINAL_CAFFEMODEL).is_file() and (d / SUMMARY_FILE).is_file()
+    return RunFolder(study.run_dir(cell)).finished
 
 
 def has_snapshot(study: Study, cell: Cell) -> bool:
     """Whether an unfinished run left a snapshot to resume from (a resume state file is there; which one loads
     is repro.train's choice: a CaffeNet state is large, so a plan of 170 nets does not open them)."""
-    from ..train import SNAPSHOT_PREFIX
+    from ..runfolder import RunFolder
 
-    prefix = study.run_dir(cell) / SNAPSHOT_PREFIX
-    return any(prefix.parent.glob(f"{prefix.name}_iter_*.state.pt"))
+    return RunFolder(study.run_dir(cell)).has_snapshot()
 
 
 def cell_record(study: Study, cell: Cell, weights: Path | None) -> dict:
@@ -373,24 +451,33 @@ def run_cell(study: Study, cell: Cell, *, device=None, weights=None, log=print) 
     """Train `cell` into `study.run_dir(cell)` (skipped when finished, resumed when a snapshot is there).
 
     weights: the base net's weights for a transfer (default: its base run's final weights). Returns
-    {"cell", "run_dir", "status", "weights" (the run's final weights), "score" (mean of the 10 best test top-1)}.
+    {"cell", "run_dir", "status" (finished, stopped, diverged), "weights" (the run's final weights),
+    "score" (the paper's metric), "summary"}.
     """
     from .. import train as trainer
+    from ..runfolder import RunFolder, file_id
 
     inlined = inlined_solver(study, cell)
     train, val = inlined.train_net_param, inlined.test_net_param[0]
     ensure_data(study, data_paths(train, val))
-    # A finished or resumed run takes no base weights (the snapshot holds them): only a fresh one looks them up.
-    fresh = not is_finished(study, cell) and not has_snapshot(study, cell)
-    base = base_weights(study, cell, weights) if fresh else None
     run_dir = study.run_dir(cell)
+    folder = RunFolder(run_dir)
+    try:
+        base = base_weights(study, cell, weights)
+        init_id = None if base is None else {"base_weights": file_id(base)}
+    except StudyError:
+        if not folder.has_history():
+            raise
+        # a run that already started keeps the base it recorded (its snapshots hold the copied weights)
+        base, init_id = None, folder.record().get("identity", {}).get("init")
     init = _copier(cell, base, train) if base is not None else None
-    summary = trainer.run(inlined, run_dir, init=init, device=device, record=cell_record(study, cell, base),
-                          log=log)
+    summary = trainer.run(inlined, run_dir, init=init, init_id=init_id, device=device,
+                          record=cell_record(study, cell, base), numerics=study.numerics, compile=study.compile,
+                          retention=trainer.Retention(keep_all=study.keep), force=study.force, log=log)
     final = find_weights(run_dir) if is_finished(study, cell) else None
     return {"cell": cell.name, "run_dir": str(run_dir), "status": summary.get("status", "finished"),
             "weights": None if final is None else str(final),
-            "score": summary.get(f"top1_best{trainer.TOP_K_TESTS}_mean")}
+            "score": summary.get(f"top1_best{trainer.TOP_K}_mean"), "summary": summary}
 
 
 def run_cell_quietly(study: Study, cell: Cell, *, device=None, weights=None) -> dict:
