@@ -167,6 +167,57 @@ def test_frozen_prefix_runs_without_graph_and_matches_solver():
     assert saved_bytes(b.plan) < 0.5 * saved_bytes(full)
 
 
+def _eager_reference(sp, data, weights=None):
+    """The pre-engine reference path, spelled out: the eager Net.forward, backward of Net.total_loss, then
+    Solver.apply_update (Caffe's ForwardBackward + ApplyUpdate) -- no run plan, no frozen-prefix shortcut."""
+    ref = Solver(sp)
+    if weights is not None:
+        ref.net.copy_from(weights)
+    losses = []
+    for x in data:
+        for w in ref.net.parameters():
+            w.grad = None
+        ref.net(**x)
+        ref.net.total_loss.backward()
+        losses.append(ref.net.total_loss.detach().clone())
+        ref.apply_update()
+        ref.iter += 1
+    return ref, losses
+
+
+@pytest.mark.parametrize("kind", ["base", "frozen", "finetuned"])
+def test_engine_equals_the_eager_reference_path(kind, tmp_path):
+    """Issue 14's proof: Solver.step through the engine (NetPlan: frozen prefix under no_grad, losses read back
+    once per display) is the eager reference path bit for bit on the CPU -- same kernels, same order -- for a
+    base net, an AnB-style frozen n=3 net, and a fine-tuned net started from a base's weights."""
+    net, _ = feedable(SMALL, "TRAIN", batch_size=8)
+    if kind == "frozen":
+        for layer in net.layer:
+            if layer.name in {"conv1", "conv2", "conv3"}:
+                for p in layer.param:
+                    p.lr_mult = 0
+    weights = None
+    if kind != "base":  # the transfer nets start from a trained base's weights
+        base = Solver(solver_param(net, seed=7))
+        for x in batches(2, seed=5):
+            base.step(1, feed=x)
+        weights = tmp_path / "base.caffemodel"
+        base.net.save(weights)
+    sp = solver_param(net)
+    sp.display = 1
+    data = batches(4)
+    ref, ref_losses = _eager_reference(sp, data, weights)
+    eng = Solver(sp)
+    if weights is not None:
+        eng.net.copy_from(weights)
+    losses = []
+    eng.add_callback(lambda e: losses.append(e["outputs"]["loss"]) if e.get("type") == "train" else None)
+    for x in data:
+        eng.step(1, feed=x)
+    assert_same_params(ref, eng)
+    assert len(losses) == len(data) and losses == [float(l) for l in ref_losses]
+
+
 def test_plan_names_a_missing_input():
     net, _ = feedable(SMALL, "TRAIN", batch_size=8)
     with pytest.raises(NetError, match="label"):
