@@ -139,7 +139,7 @@ def resolved_files(solver, max_iter: int | None = None, data_root=None) -> dict[
     from google.protobuf import text_format
 
     from .prototxt import read_net, read_solver
-    from .solver import resolve_path
+    from .solver import test_net_sources, train_net_source
 
     if isinstance(solver, (str, os.PathLike)):
         solver_dir = Path(solver).parent
@@ -150,20 +150,11 @@ def resolved_files(solver, max_iter: int | None = None, data_root=None) -> dict[
     bases = [Path(data_root)] if data_root is not None else []
     bases += [solver_dir] if solver_dir is not None else []
 
-    def net(field_value, field):
-        if isinstance(field_value, str):
-            path = resolve_path(field_value, solver_dir, field)
-            return read_net(path), [path.parent]
-        return field_value, []
+    def net(src):  # a NetParameter, or a prototxt path whose folder relative data paths may start from
+        return (read_net(src), [src.parent]) if isinstance(src, Path) else (src, [])
 
-    if param.HasField("train_net_param") or param.HasField("net_param"):
-        train, extra = net(param.train_net_param if param.HasField("train_net_param") else param.net_param, "net")
-    else:
-        train, extra = net(param.train_net or param.net, "train_net" if param.HasField("train_net") else "net")
-    tests = [(t, []) for t in param.test_net_param] + [net(f, "test_net") for f in param.test_net]
-    generic = len(param.test_iter) - len(tests)
-    if generic > 0 and (param.HasField("net") or param.HasField("net_param")):
-        tests += [(train, extra)] * generic  # the train_val net, filtered to TEST by the Solver
+    train, extra = net(train_net_source(param, solver_dir))
+    tests = [net(src) for src in test_net_sources(param, solver_dir)]
     _absolute_data_paths(train, bases + extra)
     for t, ex in tests:
         _absolute_data_paths(t, bases + ex)

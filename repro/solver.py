@@ -54,6 +54,28 @@ def resolve_path(value: str, solver_dir: Path | None, what: str) -> Path:
     raise SolverError(f"{what}: {value!r} not found (looked at {', '.join(str(t.absolute()) for t in tried)})")
 
 
+def train_net_source(p, solver_dir: Path | None):
+    """Caffe: Solver::InitTrainNet: one of train_net_param, train_net, net_param, net (a NetParameter, or the
+    path of a prototxt resolved against the solver's folder). The one implementation: the Solver builds from
+    it, and repro.runfolder writes the run folder's copies from it."""
+    for field in ("train_net_param", "net_param"):
+        if p.HasField(field):
+            return getattr(p, field)
+    field = "train_net" if p.HasField("train_net") else "net"
+    return resolve_path(getattr(p, field), solver_dir, field)
+
+
+def test_net_sources(p, solver_dir: Path | None) -> list:
+    """Caffe: Solver::InitTestNets: test_net_param, test_net files, then the generic net (net / net_param) in
+    TEST phase for each remaining test_iter. NetParameters and resolved paths, as :func:`train_net_source`."""
+    out = list(p.test_net_param) + [resolve_path(f, solver_dir, "test_net") for f in p.test_net]
+    generic = len(p.test_iter) - len(out)
+    if generic > 0 and (p.HasField("net") or p.HasField("net_param")):
+        src = p.net_param if p.HasField("net_param") else resolve_path(p.net, solver_dir, "net")
+        out += [src] * generic
+    return out
+
+
 def _scalars(out: dict) -> dict:
     """Output blobs as Python numbers (a list for a blob of several values, as Caffe logs each value)."""
     res = {}
@@ -170,24 +192,11 @@ class Solver:
             raise SolverError(f"{where}test_iter must be > 0, got {list(p.test_iter)}")
 
     def _train_source(self):
-        """Caffe: Solver::InitTrainNet: one of train_net_param, train_net, net_param, net."""
-        p = self.param
-        for field in ("train_net_param", "net_param"):
-            if p.HasField(field):
-                return getattr(p, field)
-        field = "train_net" if p.HasField("train_net") else "net"
-        return str(resolve_path(getattr(p, field), self._dir, field))
+        src = train_net_source(self.param, self._dir)
+        return str(src) if isinstance(src, Path) else src
 
     def _test_sources(self) -> list:
-        """Caffe: Solver::InitTestNets: test_net_param, test_net files, then the generic net (net /
-        net_param) in TEST phase for each remaining test_iter."""
-        p = self.param
-        out = list(p.test_net_param) + [str(resolve_path(f, self._dir, "test_net")) for f in p.test_net]
-        generic = len(p.test_iter) - len(out)
-        if generic > 0 and (p.HasField("net") or p.HasField("net_param")):
-            src = p.net_param if p.HasField("net_param") else str(resolve_path(p.net, self._dir, "net"))
-            out += [src] * generic
-        return out
+        return [str(s) if isinstance(s, Path) else s for s in test_net_sources(self.param, self._dir)]
 
     def _snapshot_prefix(self) -> str:
         """Caffe: UpgradeSnapshotPrefixProperty: unset -> the solver file's path without its extension; a
