@@ -82,7 +82,7 @@ def _job_id(entries, root, height, width, color) -> str:
 def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str | os.PathLike, *,
                      height: int = 0, width: int = 0, gray: bool = False, shuffle: bool = False, seed: int = 0,
                      classes: Sequence[str] | None = None, on_error: str = "fail", num_workers: int | None = None,
-                     source: str = "", log=None) -> Path:
+                     source: str = "", log=None, known_bad: Sequence[BadFile] = ()) -> Path:
     """Decode + squash `entries` (paths relative to `root`) into a store at `out`; returns `out`.
 
     height/width 0 keep the decoded size, which must then be the same for every image (a store holds one
@@ -162,7 +162,8 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
         del mm
         _write_progress(work, progress)
 
-    report = [BadFile(*bad[k]) for k in sorted(bad, key=int)]
+    # known_bad: what indexing already left out (missing or 0-byte files) belongs in the same report and count
+    report = list(known_bad) + [BadFile(*bad[k]) for k in sorted(bad, key=int)]
     apply_policy(f"converting {source or root}", report, on_error)  # "fail": raises, .partial kept
     keep = np.array([i for i in range(len(entries)) if str(i) not in bad], np.int64)
     _compact(work / IMAGES, keep, int(np.prod(shape)))

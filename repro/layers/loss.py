@@ -81,8 +81,9 @@ def softmax_loss(scores, label, axis: int = 1, ignore_label=None, normalization:
 
 def accuracy(scores, label, top_k: int = 1, axis: int = 1, ignore_label=None, layer="Accuracy"):
     """Caffe's ``AccuracyLayer::Forward_cpu``: a prediction is correct when fewer than top_k classes score
-    >= the true class's score (the true class counts itself), so ties count against it; a position with a NaN/inf score is wrong. Returns (accuracy,
-    per-class accuracy); positions with ignore_label are skipped; no valid position gives 0."""
+    >= the true class's score (the true class counts itself), so ties count against it; a position with a
+    NaN/inf score is wrong. Returns (accuracy, per-class accuracy); positions with ignore_label are skipped;
+    no valid position gives 0."""
     axis = canonical_axis(layer, axis, scores.dim())
     outer, classes, inner = count(scores.shape, 0, axis), scores.shape[axis], count(scores.shape, axis + 1)
     if top_k > classes:
