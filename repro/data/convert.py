@@ -36,6 +36,7 @@ from .store import (
     NAMES,
     VERSION,
     Store,
+    StoreError,
     atomic_save_npy,
     atomic_write_text,
     compute_mean,
@@ -205,7 +206,11 @@ def _read_progress(work: Path):
         if work.exists():
             shutil.rmtree(work)  # a .partial without progress is from a crash before the first checkpoint
         return None
-    return json.loads(p.read_text())
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # written atomically, so this is damage from outside: say which file, keep the work for inspection
+        raise StoreError(f"{p}: not valid JSON ({e}); remove {work} to start the conversion over") from None
 
 
 def _write_progress(work: Path, progress: dict):
