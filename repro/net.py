@@ -36,7 +36,7 @@ from . import caffemodel
 from .errors import ReproError
 from .layers import LayerError, build_layer, phase_name
 from .numerics import set_faithful
-from .prototxt import filter_net, read_net
+from .prototxt import filter_net, is_path, read_net
 from .weights import CopyReport, WeightsError, copy_file
 
 
@@ -55,7 +55,10 @@ def module_key(layer_name: str) -> str:
 class Net(nn.Module):
     """See the module docstring. Arguments:
 
-    prototxt: path, prototxt text or caffe_pb2.NetParameter (any of Caffe's syntaxes; upgraded to V2).
+    prototxt: path, prototxt text or caffe_pb2.NetParameter (any of Caffe's syntaxes; upgraded to V2). A str
+        is a path unless it parses as prototxt and names no existing file (``repro.prototxt.is_path``): an
+        existing file always wins, so a path containing ``{`` or a newline works; text is recognised by
+        parsing. ``text=`` gives prototxt text explicitly (never taken for a path); give one of the two.
     phase: "TRAIN" or "TEST"; level, stages: Caffe's NetState for include/exclude rules.
     weights: a .caffemodel / .pt / .onnx / run folder to ``copy_from`` after initialisation; one that matches
         no layer of the net is an error.
@@ -67,15 +70,17 @@ class Net(nn.Module):
     faithful: apply ``repro.numerics.set_faithful(True)`` (IEEE float32, deterministic algorithms).
     """
 
-    def __init__(self, prototxt, phase="TRAIN", weights=None, level=0, stages=(), seed=None, generator=None,
-                 input_shapes=None, data_root=None, faithful=True):
+    def __init__(self, prototxt=None, phase="TRAIN", weights=None, level=0, stages=(), seed=None, generator=None,
+                 input_shapes=None, data_root=None, faithful=True, *, text=None):
         super().__init__()
         if faithful:
             set_faithful(True)
         self.phase = phase_name(phase)
-        self.source = os.fspath(prototxt) if isinstance(prototxt, (str, os.PathLike)) and \
-            "\n" not in str(prototxt) and "{" not in str(prototxt) else None
-        self.net_param = filter_net(read_net(prototxt), self.phase, level, stages)
+        if (prototxt is None) == (text is None):
+            raise TypeError("Net needs a prototxt (path, text or NetParameter) or text=, exactly one")
+        self.source = os.fspath(prototxt) if text is None and is_path(prototxt) else None
+        net = read_net(text=text) if text is not None else read_net(prototxt)
+        self.net_param = filter_net(net, self.phase, level, stages)
         self.name = self.net_param.name
         self.force_backward = bool(self.net_param.force_backward)
         self.data_root = data_root
