@@ -187,7 +187,6 @@ def test_resume_on_another_process_count(study, single):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_nccl_on_one_gpu_trains_the_cpu_net(study, single):
     """The CUDA path of a distributed run (NCCL, side-stream feed, fused LRN) ends where the CPU run does."""
     out = _torchrun(study, study / "run_cuda", 1, device="cuda")
