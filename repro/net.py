@@ -36,7 +36,8 @@ from . import caffemodel
 from .errors import ReproError
 from .layers import LayerError, build_layer, phase_name
 from .numerics import set_faithful
-from .prototxt import filter_net, read_net
+from .prototxt import filter_net, is_path, read_net
+from .weights import CopyReport, WeightsError, copy_file
 
 
 class NetError(ReproError):
@@ -51,18 +52,16 @@ def module_key(layer_name: str) -> str:
     return key
 
 
-def _legacy_shape_equals(arr_shape, shape) -> bool:
-    # Caffe: Blob::ShapeEquals for a legacy (num, channels, height, width) blob: the blob's shape padded
-    # with leading 1s to 4 axes must equal those dims.
-    return len(arr_shape) == 4 and len(shape) <= 4 and tuple(arr_shape) == (1,) * (4 - len(shape)) + tuple(shape)
-
-
 class Net(nn.Module):
     """See the module docstring. Arguments:
 
-    prototxt: path, prototxt text or caffe_pb2.NetParameter (any of Caffe's syntaxes; upgraded to V2).
+    prototxt: path, prototxt text or caffe_pb2.NetParameter (any of Caffe's syntaxes; upgraded to V2). A str
+        is a path unless it parses as prototxt and names no existing file (``repro.prototxt.is_path``): an
+        existing file always wins, so a path containing ``{`` or a newline works; text is recognised by
+        parsing. ``text=`` gives prototxt text explicitly (never taken for a path); give one of the two.
     phase: "TRAIN" or "TEST"; level, stages: Caffe's NetState for include/exclude rules.
-    weights: a .caffemodel to ``copy_from`` after initialisation.
+    weights: a .caffemodel / .pt / .onnx / run folder to ``copy_from`` after initialisation; one that matches
+        no layer of the net is an error.
     seed / generator: make the filler initialisation reproducible (Caffe's random_seed); a CPU generator.
     input_shapes: {top: shape} for net-input tops whose shape the prototxt does not give (a Data layer
         without crop_size) or that should differ from it.
@@ -71,15 +70,17 @@ class Net(nn.Module):
     faithful: apply ``repro.numerics.set_faithful(True)`` (IEEE float32, deterministic algorithms).
     """
 
-    def __init__(self, prototxt, phase="TRAIN", weights=None, level=0, stages=(), seed=None, generator=None,
-                 input_shapes=None, data_root=None, faithful=True):
+    def __init__(self, prototxt=None, phase="TRAIN", weights=None, level=0, stages=(), seed=None, generator=None,
+                 input_shapes=None, data_root=None, faithful=True, *, text=None):
         super().__init__()
         if faithful:
             set_faithful(True)
         self.phase = phase_name(phase)
-        self.source = os.fspath(prototxt) if isinstance(prototxt, (str, os.PathLike)) and \
-            "\n" not in str(prototxt) and "{" not in str(prototxt) else None
-        self.net_param = filter_net(read_net(prototxt), self.phase, level, stages)
+        if (prototxt is None) == (text is None):
+            raise TypeError("Net needs a prototxt (path, text or NetParameter) or text=, exactly one")
+        self.source = os.fspath(prototxt) if text is None and is_path(prototxt) else None
+        net = read_net(text=text) if text is not None else read_net(prototxt)
+        self.net_param = filter_net(net, self.phase, level, stages)
         self.name = self.net_param.name
         self.force_backward = bool(self.net_param.force_backward)
         self.data_root = data_root
@@ -317,39 +318,18 @@ class Net(nn.Module):
 
     # ------------------------------------------------------------------------------------------ weights
 
-    def copy_from(self, path) -> list[str]:
-        """Caffe's ``Net::CopyTrainedLayersFrom``: copy every layer of the .caffemodel whose name is a layer
-        of this net; layers of the file the net lacks are ignored, layers of the net the file lacks keep
-        their initialisation (how a renamed ``conv4-new`` is re-initialised). A blob count or shape that
-        differs is an error naming the layer and both shapes. Returns the names of the layers whose blobs were
-        copied. An ``.onnx`` file we exported is read the same way, from its initializers by layer name."""
-        if os.fspath(path).endswith(".onnx"):
-            from .onnx.importer import read_onnx_weights  # lazy: onnx is only needed for ONNX files
-
-            weights = read_onnx_weights(path)
-        else:
-            weights = caffemodel.read_caffemodel(path)
-        copied = []
-        for name, arrays in weights.items():
-            if name not in self.top_names:
-                continue
-            self._copy_layer(name, [np.asarray(a) for a in arrays], f"weights file {os.fspath(path)!r}")
-            if len(arrays):
-                copied.append(name)
-        return copied
-
-    def _copy_layer(self, name, arrays, what):
-        target = self.layer(name).caffe_blobs
-        if len(arrays) != len(target):
-            raise NetError(f"layer {name!r}: incompatible number of blobs: {what} has {len(arrays)}, the net's "
-                           f"layer has {len(target)}")
-        for j, (arr, blob) in enumerate(zip(arrays, target)):
-            shape = tuple(blob.shape)
-            if tuple(arr.shape) != shape and not _legacy_shape_equals(arr.shape, shape):
-                raise NetError(f"layer {name!r}: cannot copy param {j}: shape mismatch; {what} has shape "
-                               f"{tuple(arr.shape)}, the net's layer has shape {shape}")
-            with torch.no_grad():
-                blob.copy_(torch.as_tensor(np.ascontiguousarray(arr, dtype=np.float32)).reshape(shape))
+    def copy_from(self, path, require="any") -> CopyReport:
+        """Caffe's ``Net::CopyTrainedLayersFrom`` (repro.weights, the one implementation): copy every layer of
+        the file (.caffemodel, .pt, .onnx or a run folder) whose name is a layer of this net; layers of the
+        file the net lacks are ignored, layers of the net the file lacks keep their initialisation (how a
+        renamed ``conv4-new`` is re-initialised). A blob count or shape that differs is an error naming the
+        layer and both shapes; so is copying no layer at all unless ``require=None`` (``"all"`` or a list of
+        names asks for more). Returns a ``repro.weights.CopyReport``: the list of layers copied, with
+        ``.skipped`` and ``.missing``."""
+        try:
+            return copy_file(self, path, require=require)
+        except WeightsError as e:
+            raise NetError(str(e)) from None  # Net's methods raise NetError, as they always have
 
     @property
     def feeders(self) -> dict:

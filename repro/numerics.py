@@ -21,6 +21,8 @@ import warnings
 import torch
 import torch.utils.deterministic  # noqa: F401  (torch >= 2.1: the NaN-fill flag)
 
+from .errors import ReproError
+
 # cuBLAS only gives reproducible results with a fixed workspace; it reads this when CUDA starts, so it must
 # be set before the first CUDA call (setdefault: a user's own choice wins).
 _CUBLAS_WORKSPACE = ":4096:8"
@@ -109,3 +111,28 @@ def numerics_state() -> dict:
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
     }
+
+
+class DeviceError(ReproError):
+    """A device a user named that this machine does not have (or a string that names no device)."""
+
+
+def resolve_device(device=None) -> torch.device:
+    """The ``torch.device`` for a ``--device`` value (None: the CPU), checked against this machine, so that
+    ``--device cuda`` without CUDA is one clear line instead of a traceback from the first CUDA call."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        d = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise DeviceError(f"device {device!r}: not a device name ({e}); use cpu, cuda or cuda:N") from None
+    if d.type == "cuda":
+        if not torch.cuda.is_available():
+            raise DeviceError(f"device {device!r}: CUDA is not available on this machine (torch "
+                              f"{torch.__version__}, CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+        n = torch.cuda.device_count()
+        if d.index is not None and d.index >= n:
+            raise DeviceError(f"device {device!r}: this machine has {n} CUDA device(s) (cuda:0 .. cuda:{n - 1})")
+    elif d.type not in ("cpu", "meta"):
+        raise DeviceError(f"device {device!r}: only cpu and cuda devices are supported")
+    return d

@@ -41,9 +41,32 @@ _PHASES = {"TRAIN": caffe_pb2.TRAIN, "TEST": caffe_pb2.TEST}
 
 # ---------------------------------------------------------------- reading text
 
-def _load(source):
-    """-> (text, path or None). `source` is a path, or prototxt text when it has a newline or brace."""
-    if isinstance(source, os.PathLike) or (isinstance(source, str) and "\n" not in source and "{" not in source):
+def is_path(source, message_cls=caffe_pb2.NetParameter) -> bool:
+    """The text-vs-path rule for a prototxt given as a str: it is a path unless it parses as prototxt (a
+    ``message_cls``) and names no existing file. So an existing file always wins (a path containing ``{``
+    works), and text is recognised by parsing, not by its characters. A string that is neither a file nor
+    valid prototxt is read as text when it holds a newline or a brace (the parse error then names its line
+    and column), else as a path (the error says the file is missing). PathLike: always a path."""
+    if isinstance(source, os.PathLike):
+        return True
+    if not isinstance(source, str):
+        return False
+    if os.path.isfile(source):
+        return True
+    try:
+        text_format.Parse(source, message_cls())
+    except text_format.ParseError:
+        return "\n" not in source and "{" not in source
+    return False
+
+
+def _load(source, message_cls=caffe_pb2.NetParameter, text=None):
+    """-> (text, path or None): ``text`` when given (explicitly text), else ``source`` by :func:`is_path`."""
+    if text is not None:
+        if source is not None:
+            raise TypeError("give a prototxt source or text=, not both")
+        return text, None
+    if is_path(source, message_cls):
         path = os.fspath(source)
         try:
             data = Path(path).read_bytes()
@@ -252,10 +275,11 @@ def _data_field_warnings(net, blocks, kind, origins, path):
 
 # ---------------------------------------------------------------- public API
 
-def read_net(source):
+def read_net(source=None, *, text=None):
     """Read a net definition (V0, V1 or V2 syntax) and upgrade it to V2 as Caffe does; check it.
 
-    source: a path (str or PathLike), prototxt text (a str with a newline or a brace), or a NetParameter.
+    source: a path (str or PathLike), prototxt text, or a NetParameter; a str is told apart by :func:`is_path`.
+    text: prototxt text, explicitly (never taken for a path).
     Returns a new caffe_pb2.NetParameter whose layers are all in `layer` (V2). Raises PrototxtError
     (path:line: message, with .field and .layer) for malformed text, an unknown field or layer type, a bottom
     no earlier layer produces, a top produced twice, or a duplicate layer name, checked for TRAIN and TEST.
@@ -263,7 +287,7 @@ def read_net(source):
     if isinstance(source, caffe_pb2.NetParameter):
         text, path, parsed = None, None, source
     else:
-        text, path = _load(source)
+        text, path = _load(source, caffe_pb2.NetParameter, text)
         parsed = parse_text(text, caffe_pb2.NetParameter(), path if path is not None else "<text>")
     kind = "layers" if len(parsed.layers) else "layer"
     blocks = _Blocks(text) if text is not None else None
@@ -308,13 +332,13 @@ def _error_line(e, blocks, kind, idx):
     return blocks.field_line(kind, idx, e.field if value is not None else None, value)
 
 
-def read_solver(source):
+def read_solver(source=None, *, text=None):
     """Read a solver prototxt (path or text) and upgrade it (Caffe: ReadSolverParamsFromTextFileOrDie).
 
     Checks what Solver::Init / InitTestNets check first: exactly one train net (net, net_param, train_net or
     train_net_param) and one test_iter per test net. Net paths are returned as written (Caffe resolves them
     against the working directory)."""
-    text, path = _load(source)
+    text, path = _load(source, caffe_pb2.SolverParameter, text)
     label = path if path is not None else "<text>"
     solver = parse_text(text, caffe_pb2.SolverParameter(), label)
 

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .numerics import resolve_device
+
 # The update itself lives in sgd.py; re-exported here for callers that know it as part of the solver.
 from .sgd import SolverError, clip_gradients_, sgd_update_  # noqa: F401
 
@@ -119,7 +121,7 @@ class Solver:
             self.param.CopyFrom(solver_prototxt)
         self._dir = self.solver_path.parent.absolute() if self.solver_path is not None else None
         self._check_param()
-        self.device = torch.device(device) if device is not None else torch.device("cpu")
+        self.device = resolve_device(device)
         self.data_root = data_root if data_root is not None else self._dir
         # Caffe: Solver::Init seeds before building the nets (fillers, dropout, crop/mirror draws follow);
         # random_seed -1 means a fresh seed, which we draw and keep so a run can be repeated.

@@ -85,8 +85,6 @@ def test_no_crop_passes_whole_image_and_test_mirror_still_random():
 
 @pytest.mark.gpu
 def test_cuda_transform_equals_cpu_bitwise():
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     rng = np.random.default_rng(0)
     x = torch.from_numpy(rng.integers(0, 256, (32, 3, 64, 64), dtype=np.uint8))
     mean = rng.uniform(0, 255, (3, 64, 64)).astype(np.float32)

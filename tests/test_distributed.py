@@ -187,9 +187,16 @@ def test_resume_on_another_process_count(study, single):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_nccl_on_one_gpu_trains_the_cpu_net(study, single):
     """The CUDA path of a distributed run (NCCL, side-stream feed, fused LRN) ends where the CPU run does."""
     out = _torchrun(study, study / "run_cuda", 1, device="cuda")
     assert "train_ddp: finished" in out
-    assert _max_rel(_weights(single), _weights(study / "run_cuda")) < 1e-3
+    err = _max_rel(_weights(single), _weights(study / "run_cuda"))
+    print(f"\nCUDA (NCCL, world 1) vs CPU final weights: max relative difference {err:.2e}")
+    # Not bit-equal and not 1e-6 like the CPU comparisons: different kernels (cuDNN/cuBLAS vs oneDNN/OpenBLAS)
+    # sum in different orders. tests/test_golden_g1.py holds one forward+backward on either device to 1e-5 of
+    # Caffe, and conv1's CPU weight gradient alone is ~1e-5 off (CONV1_W above); 6 momentum-SGD steps carry
+    # those per-step differences into the weights. 1e-3 is 100x that per-step bound, for other GPU generations;
+    # a wrong schedule, feed or gradient changes whole updates instead. (Not yet measured on a GPU draw: the
+    # print above gives the number to tighten it with.)
+    assert err < 1e-3

@@ -15,7 +15,7 @@ TOL = 1e-5
 BLOBS = ["conv1", "pool1", "norm1", "conv2", "pool2", "norm2", "conv3", "conv4", "conv5", "pool5",
          "fc6", "fc7", "fc8"]
 LEARNED = ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
-DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]  # tests/conftest.py: skip or fail without CUDA
 
 
 def rel_err(ours, caffe) -> float:
@@ -115,7 +115,7 @@ def test_im2col_weight_gradient_from_caffes_blobs(golden, g1, layer):
     conv = Net(golden / "g1_net.prototxt", "TRAIN").layer(layer)
     bottom = g1["data"] if layer == "conv1" else g1[f"blob/{CONV_BOTTOMS[layer]}"]
     ref = g1[f"grad/{layer}/0"]
-    for device in DEVICES:
+    for device in ["cpu"] + (["cuda"] if torch.cuda.is_available() else []):  # CUDA too where there is one
         x, top_diff = (torch.from_numpy(a).to(device) for a in (bottom, g1[f"blobgrad/{layer}"]))
         gw = conv_weight_grad_im2col(x, top_diff, ref.shape, conv.stride, conv.pad, conv.dilation, conv.group)
         err = rel_err(gw.cpu().numpy(), ref)

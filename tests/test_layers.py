@@ -119,7 +119,7 @@ def test_pooling_matches_caffe_loops(method, h, w, k, s, p, ceil):
     np.testing.assert_allclose(xt.grad.numpy(), pool_backward_ref(x.shape, routes, top_diff), rtol=1e-5, atol=1e-6)
 
 
-LAYOUTS = ["cpu", "cpu-channels-last"] + (["cuda"] if torch.cuda.is_available() else [])
+LAYOUTS = ["cpu", "cpu-channels-last", pytest.param("cuda", marks=pytest.mark.gpu)]  # conftest: skip/fail w/o CUDA
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

@@ -207,7 +207,10 @@ def test_translate_alexnet_like(matmul, reshape):
     x = np.random.RandomState(2).uniform(-1, 1, (2, 3, 35, 35)).astype(np.float32)
     want = _ort(model, x)["prob"]
     got = _ort(caffe_to_onnx(net, weights), x)["prob"]
-    assert np.array_equal(got, want)
+    # Two different graphs (MatMul + Add vs our Gemm, Reshape vs Flatten) may run different onnxruntime
+    # kernels, so bit-equality is not guaranteed on every CPU (it holds on the 2-vCPU AMD EPYC here: 0.0).
+    # The longest sum is 256 terms: sqrt(256) * 2**-24 ~ 1e-6 relative is the float32 reordering scale.
+    assert _rel(got, want) <= 1e-6
 
 
 def test_translate_our_export_without_metadata(g1, golden):
@@ -448,8 +451,7 @@ def shipped(request, tmp_path_factory):
     from repro.onnx.io import export_onnx
 
     proto = REPO / "prototxt" / request.param / "deploy.prototxt"
-    if not proto.is_file():
-        pytest.skip(f"{proto} is not written yet")
+    assert proto.is_file(), f"{proto}: a shipped net is missing"  # shipped with the code: never a skip
     out = tmp_path_factory.mktemp(request.param) / "deploy.onnx"
     result = export_onnx(proto, out, metadata={"kind": "test"})
     return proto, out, result.report

@@ -107,7 +107,8 @@ def test_scaled_schedule():
     orig = read_solver(study_mod.SMALL_SOLVER)
     assert solver.max_iter == 100 and solver.test_iter == orig.test_iter and solver.base_lr == orig.base_lr
     f = 100 / orig.max_iter
-    assert solver.stepsize == max(1, round(orig.stepsize * f)) if orig.stepsize else True
+    assert orig.stepsize > 0  # the paper's schedule steps: a 0 here would make the next line check nothing
+    assert solver.stepsize == max(1, round(orig.stepsize * f))
     assert solver.test_interval == max(1, round(orig.test_interval * f))
     with pytest.raises(StudyError, match="max_iter must be >= 1"):
         scale_solver(orig, 0)

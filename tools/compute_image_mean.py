@@ -2,9 +2,8 @@
 
   python tools/compute_image_mean.py data/half0A_train data/half0A_mean.binaryproto
 """
-import sys
-
+from repro.cli import tool_main
 from repro.data.cli import compute_image_mean_main
 
 if __name__ == "__main__":
-    sys.exit(compute_image_mean_main())
+    tool_main("compute_image_mean", compute_image_mean_main)

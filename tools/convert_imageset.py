@@ -8,9 +8,8 @@
 Resumable (store backend): rerun the same command after an interruption. Every corrupt/truncated/missing file
 is reported at once; --on_error=skip leaves them out (listed in <out>/bad_files.txt).
 """
-import sys
-
+from repro.cli import tool_main
 from repro.data.cli import convert_imageset_main
 
 if __name__ == "__main__":
-    sys.exit(convert_imageset_main())
+    tool_main("convert_imageset", convert_imageset_main)

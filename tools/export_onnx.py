@@ -12,6 +12,7 @@ The graph has one node per Caffe layer, named after it; weights are the initiali
 import argparse
 import sys
 
+from repro.cli import tool_main
 from repro.onnx.io import META_KEYS, OnnxCheckError, check_onnx, export_onnx
 
 
@@ -38,6 +39,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=2, help="batch size of the verification forward (default 2)")
     p.add_argument("--no-verify", action="store_true", help="skip the onnxruntime check (not recommended)")
     a = p.parse_args(argv)
+    if a.batch < 1:
+        p.error(f"--batch must be at least 1 (got {a.batch}): the check runs a forward of that many images")
     try:
         if a.check_only:
             report = check_onnx(a.check_only, batch_size=a.batch)
@@ -52,13 +55,10 @@ def main(argv=None):
     except OnnxCheckError as e:
         print(f"export_onnx: check FAILED: {e}", file=sys.stderr)
         return 1
-    except (ValueError, OSError) as e:  # our errors are ValueErrors naming the file, layer or node
-        print(f"export_onnx: {e}", file=sys.stderr)
-        return 2
     if report is not None:
         print("\n".join(report.lines()))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    tool_main("export_onnx", main)

@@ -14,6 +14,8 @@ import sys
 
 from grpc_tools import protoc
 
+from repro.cli import tool_main
+
 PROTO_DIR = pathlib.Path(__file__).resolve().parent.parent / "repro" / "proto"
 CHECK = re.compile(r"from google\.protobuf import runtime_version as _runtime_version\n|"
                    r"_runtime_version\.ValidateProtobufRuntimeVersion\([^)]*\)\n")
@@ -36,4 +38,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    tool_main("gen_proto", main)

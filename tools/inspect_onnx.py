@@ -6,8 +6,8 @@
 To look at the graph itself, open the file in Netron (docs/ONNX.md).
 """
 import argparse
-import sys
 
+from repro.cli import tool_main
 from repro.onnx.inspect import describe
 
 
@@ -16,13 +16,9 @@ def main(argv=None):
     p.add_argument("file", help="ONNX file")
     p.add_argument("--prototxt", action="store_true", help="print the embedded deploy prototxt in full")
     a = p.parse_args(argv)
-    try:
-        print(describe(a.file, show_prototxt=a.prototxt))
-    except (ValueError, OSError) as e:
-        print(f"inspect_onnx: {e}", file=sys.stderr)
-        return 2
+    print(describe(a.file, show_prototxt=a.prototxt))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    tool_main("inspect_onnx", main)

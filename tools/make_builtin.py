@@ -3,9 +3,8 @@
   python tools/make_builtin.py                       # -> data/builtin
   python tools/make_builtin.py --export data/builtin_png   # also write the images as PNG files
 """
-import sys
-
+from repro.cli import tool_main
 from repro.data.cli import make_builtin_main
 
 if __name__ == "__main__":
-    sys.exit(make_builtin_main())
+    tool_main("make_builtin", make_builtin_main)

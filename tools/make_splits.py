@@ -8,10 +8,10 @@ Writes <out>/<name>/files.txt and idxmap.txt for half0A … half3B, halfnatmanA/
 whole, byte-identical to yosinski/convnet_transfer's make_reduced_datasets.sh for the same input list.
 """
 import argparse
-import sys
 
 from repro import resources
-from repro.study.splits import SplitError, make_splits, read_indices
+from repro.cli import tool_main
+from repro.study.splits import make_splits, read_indices
 
 
 def main(argv=None):
@@ -37,15 +37,12 @@ def main(argv=None):
         partition = (read_indices(a.half_files[0]), read_indices(a.half_files[1]))
     else:
         partition = a.num_classes == resources.NUM_CLASSES or None
-    try:
-        written = make_splits(a.list or a.folder, a.out, num_classes=a.num_classes, seeds=a.seeds,
-                              partition=partition, per_class=() if a.no_reduced else a.per_class)
-    except (SplitError, OSError) as e:
-        sys.exit(f"make_splits: {e}")
+    written = make_splits(a.list or a.folder, a.out, num_classes=a.num_classes, seeds=a.seeds,
+                          partition=partition, per_class=() if a.no_reduced else a.per_class)
     for name, folder in written.items():
         n = sum(1 for _ in open(folder / "files.txt"))
         print(f"{name:14s} {n:8d} images  {folder / 'files.txt'}")
 
 
 if __name__ == "__main__":
-    main()
+    tool_main("make_splits", main)

@@ -13,9 +13,9 @@ resumes interrupted ones. At the end the figures and tables of repro.study.figur
 results.md, ...) are written to --out.
 """
 import argparse
-import sys
 import time
 
+from repro.cli import tool_main
 from repro.study.cells import builtin_study
 from repro.study.scheduler import MINI_MAX_ITER, MINI_TEST_INTERVAL, mini_cells, plan, run_plan, summarise_status
 
@@ -34,12 +34,9 @@ def main(argv=None):
     p.add_argument("--out", default="report/mini", help="figures and tables (default report/mini)")
     a = p.parse_args(argv)
     t0 = time.time()
-    try:
-        st = builtin_study(runs=a.runs, root=a.root, max_iter=a.max_iter, test_interval=a.test_interval)
-        jobs = plan(st, mini_cells(a.split))
-        status = run_plan(st, jobs, ["cpu"] * a.workers, threads=a.threads)
-    except (ValueError, OSError) as e:
-        sys.exit(f"mini_study: {e}")
+    st = builtin_study(runs=a.runs, root=a.root, max_iter=a.max_iter, test_interval=a.test_interval)
+    jobs = plan(st, mini_cells(a.split))
+    status = run_plan(st, jobs, ["cpu"] * a.workers, threads=a.threads)
     bad = {k: v for k, v in status.items() if not (v == "done" or v.startswith("skipped"))}
     print(summarise_status(status) + f"; {(time.time() - t0) / 60:.1f} min")
 
@@ -52,8 +49,8 @@ def main(argv=None):
     print(f"{len(net_scores)} nets -> {len(written)} files in {a.out}")
     for row in figure2_table(net_scores):
         print(f"{row['condition']:5s} n={row['n']}  top-1 {row['top1']:.4f}  ({row['k']} nets)")
-    sys.exit(1 if bad else 0)
+    return 1 if bad else 0
 
 
 if __name__ == "__main__":
-    main()
+    tool_main("mini_study", main)

@@ -9,9 +9,9 @@ come with an explicit regeneration (pycls' model_complexity.json idea).
 import argparse
 import json
 import os
-import sys
 import tempfile
 
+from repro.cli import tool_main
 from repro.prototxt_files import PARAM_SHAPES_FILE, param_shape_table, prototxt_dir
 
 
@@ -34,4 +34,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    tool_main("param_shapes", main)

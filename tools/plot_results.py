@@ -9,13 +9,13 @@ Writes figure2/figure3/reduced .png + .pdf, figure2.csv, figure3.csv, reduced.cs
 the paper's numbers (shipped in repro/resources/paper_results.csv) are drawn and tabulated beside ours.
 """
 import argparse
-import sys
 from collections import Counter
 
 from repro import resources
 from repro.caffelog import read_caffe_logs
+from repro.cli import tool_main
 from repro.study.figures import write_report
-from repro.study.results import ResultsError, read_runs, scores
+from repro.study.results import read_runs, scores
 
 
 def main(argv=None):
@@ -27,12 +27,9 @@ def main(argv=None):
     a = p.parse_args(argv)
     if not a.runs and not a.caffe_logs:
         p.error("give --runs and/or --caffe-logs")
-    try:
-        curves = read_runs(a.runs) if a.runs else []
-        for d in a.caffe_logs:
-            curves += read_caffe_logs(d)
-    except (ResultsError, OSError) as e:
-        sys.exit(f"plot_results: {e}")
+    curves = read_runs(a.runs) if a.runs else []
+    for d in a.caffe_logs:
+        curves += read_caffe_logs(d)
     net_scores = scores(curves)
     repeated = sorted(n for n, c in Counter(n for n, _ in net_scores).items() if c > 1)
     if repeated:
@@ -42,4 +39,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    tool_main("plot_results", main)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checks import POLICIES, DataError
+from .checks import POLICIES, DataError, apply_policy
 
 
 def _log(msg: str):
@@ -50,18 +50,20 @@ def convert_imageset_main(argv=None) -> int:
 
     try:
         classes = None
+        # Index without dropping: under --on_error=skip the files left out here (missing, 0 bytes) are listed
+        # in the store's bad_files.txt and counted in its manifest with the ones that fail to decode.
         if args.folder:
             synsets = sources.read_class_list(args.synsets) if args.synsets else None
-            entries, classes = sources.index_folder(args.root, synsets, on_error=args.on_error)
+            entries, classes, indexed_bad = sources.scan_folder(args.root, synsets)
         else:
-            entries = sources.read_list(args.listfile, root=args.root, num_classes=args.num_classes,
-                                        on_error=args.on_error)
+            entries, indexed_bad = sources.index_list(args.listfile, args.root, args.num_classes)
+        apply_policy(f"indexing {args.listfile or args.root}", indexed_bad, args.on_error)
         _log(f"A total of {len(entries)} images.")
         kw = dict(height=args.resize_height, width=args.resize_width, gray=args.gray, shuffle=args.shuffle,
                   seed=args.seed, on_error=args.on_error, num_workers=args.workers, log=_log)
         if args.backend == "store":
             out = convert.convert_to_store(entries, args.root, args.out, classes=classes,
-                                           source=args.listfile or args.root, **kw)
+                                           source=args.listfile or args.root, known_bad=indexed_bad, **kw)
         else:
             out = convert.convert_to_db(entries, args.root, args.out, backend=args.backend,
                                         check_size=args.check_size, **kw)

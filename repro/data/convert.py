@@ -36,6 +36,7 @@ from .store import (
     NAMES,
     VERSION,
     Store,
+    StoreError,
     atomic_save_npy,
     atomic_write_text,
     compute_mean,
@@ -82,7 +83,7 @@ def _job_id(entries, root, height, width, color) -> str:
 def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str | os.PathLike, *,
                      height: int = 0, width: int = 0, gray: bool = False, shuffle: bool = False, seed: int = 0,
                      classes: Sequence[str] | None = None, on_error: str = "fail", num_workers: int | None = None,
-                     source: str = "", log=None) -> Path:
+                     source: str = "", log=None, known_bad: Sequence[BadFile] = ()) -> Path:
     """Decode + squash `entries` (paths relative to `root`) into a store at `out`; returns `out`.
 
     height/width 0 keep the decoded size, which must then be the same for every image (a store holds one
@@ -162,7 +163,8 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
         del mm
         _write_progress(work, progress)
 
-    report = [BadFile(*bad[k]) for k in sorted(bad, key=int)]
+    # known_bad: what indexing already left out (missing or 0-byte files) belongs in the same report and count
+    report = list(known_bad) + [BadFile(*bad[k]) for k in sorted(bad, key=int)]
     apply_policy(f"converting {source or root}", report, on_error)  # "fail": raises, .partial kept
     keep = np.array([i for i in range(len(entries)) if str(i) not in bad], np.int64)
     _compact(work / IMAGES, keep, int(np.prod(shape)))
@@ -204,7 +206,11 @@ def _read_progress(work: Path):
         if work.exists():
             shutil.rmtree(work)  # a .partial without progress is from a crash before the first checkpoint
         return None
-    return json.loads(p.read_text())
+    try:
+        return json.loads(p.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        # written atomically, so this is damage from outside: say which file, keep the work for inspection
+        raise StoreError(f"{p}: not valid JSON ({e}); remove {work} to start the conversion over") from None
 
 
 def _write_progress(work: Path, progress: dict):

@@ -120,6 +120,15 @@ def index_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
     a missing class folder (when `classes` is given) and empty files are problems.
     """
     check_policy(on_error)
+    entries, classes, bad = scan_folder(root, classes, extensions)
+    apply_policy(f"indexing {root}", bad, on_error)
+    return entries, classes
+
+
+def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
+                extensions: Sequence[str] = IMAGE_EXTENSIONS) -> tuple[list[Entry], list[str], list[BadFile]]:
+    """``index_folder`` without the policy: (good entries, class names, problems), raising only when there is
+    no class folder at all."""
     root = Path(root)
     if not root.is_dir():
         raise FileNotFoundError(f"image folder {root} does not exist")
@@ -143,8 +152,7 @@ def index_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
     if file_bad:
         gone = {b.path for b in file_bad}
         entries = [e for e in entries if str(root / e[0]) not in gone]
-    apply_policy(f"indexing {root}", bad + file_bad, on_error)
-    return entries, list(classes)
+    return entries, list(classes), bad + file_bad
 
 
 def write_list(path: str | os.PathLike, entries: Sequence[Entry]):

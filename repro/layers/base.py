@@ -22,6 +22,11 @@ Shape = tuple[int, ...]
 
 _REGISTRY: dict[str, type["CaffeLayer"]] = {}
 
+# Caffe's Blob::Reshape: CHECK_LE(count_, INT_MAX) << "blob size exceeds INT_MAX". Checked when a layer is
+# built, before anything is allocated, so an absurd size (num_output: 2000000000) is an error naming the layer
+# and the bytes instead of an allocator failure terabytes later.
+MAX_BLOB_COUNT = 2**31 - 1
+
 
 class LayerError(ReproError):
     """A layer definition Caffe would refuse at SetUp (names the layer, its type and what was expected)."""
@@ -104,6 +109,8 @@ class CaffeLayer(nn.Module):
         self.setup(bottom_shapes)
         # Caffe computes the top shapes at SetUp; asking now reports a bad geometry at construction.
         self.top_shapes = [tuple(s) for s in self.out_shapes(bottom_shapes)]
+        for top, shape in zip(param.top, self.top_shapes):
+            check_blob_size(param, f"top {top!r}", shape)
 
     # ------------------------------------------------------------------------------------ to override
 
@@ -141,7 +148,9 @@ class CaffeLayer(nn.Module):
     def add_blob(self, shape: Sequence[int], filler=None) -> nn.Parameter:
         """Create learnable blob number len(self.blobs) with Caffe shape ``shape``, to be filled by
         ``filler`` (a FillerParameter; None: Caffe's default, constant 0)."""
-        p = nn.Parameter(torch.zeros(tuple(int(d) for d in shape), dtype=torch.float32))
+        shape = tuple(int(d) for d in shape)
+        check_blob_size(self.param, f"param {len(self.blobs)}", shape)
+        p = nn.Parameter(torch.zeros(shape, dtype=torch.float32))
         self.blobs.append(p)
         self._fillers.append(filler)
         return p
@@ -167,6 +176,16 @@ def canonical_axis(layer, axis: int, num_axes: int) -> int:
     if not -num_axes <= axis < num_axes:
         raise LayerError(layer, f"axis {axis} out of range for a {num_axes}-D blob")
     return axis + num_axes if axis < 0 else axis
+
+
+def check_blob_size(layer, what: str, shape: Sequence[int]) -> None:
+    """Caffe's Blob::Reshape checks: no negative dim, at most MAX_BLOB_COUNT elements (float32 bytes named)."""
+    if any(int(d) < 0 for d in shape):
+        raise LayerError(layer, f"{what} has a negative dimension: shape {tuple(shape)}")
+    n = count(shape)
+    if n > MAX_BLOB_COUNT:
+        raise LayerError(layer, f"{what} of shape {tuple(shape)} has {n:,} elements ({4 * n:,} bytes as float32), "
+                                f"more than Caffe's blob limit of INT_MAX = {MAX_BLOB_COUNT:,} elements")
 
 
 def count(shape: Sequence[int], start: int = 0, end: int | None = None) -> int:

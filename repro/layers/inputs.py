@@ -31,6 +31,11 @@ class NetInput(CaffeLayer):
         shapes = self._given or self.declared_shapes()
         if len(shapes) != len(self.param.top):
             raise self.error(f"{len(shapes)} shape(s) for {len(self.param.top)} top(s)")
+        for top, shape in zip(self.param.top, shapes):
+            # Caffe accepts these and fails at the first forward; a net input of no (or negative) size is a
+            # typo in the prototxt, said here with the input's name.
+            if any(d <= 0 for d in shape):
+                raise self.error(f"net input {top!r} has shape {tuple(shape)}: every dimension must be at least 1")
         return shapes
 
     def forward(self, *bottoms):

@@ -81,8 +81,9 @@ def softmax_loss(scores, label, axis: int = 1, ignore_label=None, normalization:
 
 def accuracy(scores, label, top_k: int = 1, axis: int = 1, ignore_label=None, layer="Accuracy"):
     """Caffe's ``AccuracyLayer::Forward_cpu``: a prediction is correct when fewer than top_k classes score
-    >= the true class's score (the true class counts itself), so ties count against it. Returns (accuracy,
-    per-class accuracy); positions with ignore_label are skipped; no valid position gives 0."""
+    >= the true class's score (the true class counts itself), so ties count against it; a position with a
+    NaN/inf score is wrong. Returns (accuracy, per-class accuracy); positions with ignore_label are skipped;
+    no valid position gives 0."""
     axis = canonical_axis(layer, axis, scores.dim())
     outer, classes, inner = count(scores.shape, 0, axis), scores.shape[axis], count(scores.shape, axis + 1)
     if top_k > classes:
@@ -91,7 +92,10 @@ def accuracy(scores, label, top_k: int = 1, axis: int = 1, ignore_label=None, la
     s3 = scores.detach().reshape(outer, classes, inner)
     true_score = s3.gather(1, lab.unsqueeze(1))
     better = (s3 >= true_score).sum(dim=1)  # includes the true class itself
-    correct = (better <= top_k) & valid
+    # A departure from Caffe, whose ``>=`` is false against NaN, so a NaN score vector counted as correct
+    # (a diverged net then "scored" top-1 = 1.0): a position with any non-finite score is never correct.
+    finite = torch.isfinite(s3).all(dim=1)
+    correct = (better <= top_k) & valid & finite
     n_valid = int(valid.sum())
     acc = correct.sum().to(scores.dtype) / n_valid if n_valid else scores.new_zeros(())
     onehot = torch.zeros(outer * inner, classes, dtype=scores.dtype, device=scores.device)

@@ -6,7 +6,8 @@ Two sources:
   the layers come from it verbatim and the weights from the initializers ``L.weight`` / ``L.bias``;
 * any other AlexNet-like graph is translated node by node by repro/onnx_translate.py.
 
-Weights come back in Caffe's shapes, so ``read_onnx_weights`` can stand in for ``read_caffemodel``.
+Weights come back in Caffe's shapes, so ``read_onnx_weights`` can stand in for ``read_caffemodel``
+(repro.weights.read_weights reads .onnx files with it); they are copied into nets by repro.weights.
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from onnx import numpy_helper
 
 from ..errors import ReproError
 from ..proto import caffe_pb2
+from ..weights import copy_weights
 from .export import PROTOTXT_KEY
 
 
@@ -33,10 +35,16 @@ def load_model(source) -> tuple[onnx.ModelProto, str]:
     path = Path(source)
     if not path.is_file():
         raise OnnxImportError(f"{path}: no such ONNX file")
+    if path.stat().st_size == 0:
+        raise OnnxImportError(f"{path}: empty file (0 bytes), not an ONNX model")
     try:
-        return onnx.load(str(path)), str(path)
+        model = onnx.load(str(path))
     except Exception as e:  # protobuf DecodeError, missing external data, ...
         raise OnnxImportError(f"{path}: not a readable ONNX model ({type(e).__name__}: {e})") from None
+    # Protobuf decodes many byte strings without complaint (unknown fields are kept); a model must have a graph.
+    if not model.graph.node:
+        raise OnnxImportError(f"{path}: not an ONNX model (no graph nodes)")
+    return model, str(path)
 
 
 def metadata(model: onnx.ModelProto) -> dict[str, str]:
@@ -69,35 +77,8 @@ def net_from_onnx(source, phase: str = "TEST", input_shape=None):
     model, where = load_model(source)
     net_param, weights = onnx_to_caffe(model, input_shape)
     net = Net(net_param, phase=phase, generator=filler_generator())
-    missing = [name for name in net.params if not weights.get(name)]
-    if missing:
-        raise OnnxImportError(f"{where}: no weights for layers {missing}")
-    set_weights(net, weights, where)
+    copy_weights(net, weights, where, require="all")
     return net
-
-
-def set_weights(net, weights, where) -> list[str]:
-    """Copy blobs by layer name into the net (Caffe: Net::CopyTrainedLayersFrom: unknown layers are
-    skipped, a blob count or shape mismatch is an error)."""
-    import torch
-
-    copied = []
-    with torch.no_grad():
-        for name, blobs in weights.items():
-            if name not in net.params:
-                if blobs and name in getattr(net, "top_names", {}):
-                    raise OnnxImportError(f"{where}: layer {name!r} has {len(blobs)} blobs, the net's has none")
-                continue
-            copied.append(name)
-            params = net.params[name]
-            if len(params) != len(blobs):
-                raise OnnxImportError(f"{where}: layer {name!r} has {len(blobs)} blobs, the net {len(params)}")
-            for p, arr in zip(params, blobs):
-                if tuple(p.shape) != tuple(arr.shape):
-                    raise OnnxImportError(f"{where}: layer {name!r} blob shape {tuple(arr.shape)}, the net "
-                                          f"{tuple(p.shape)}")
-                p.copy_(torch.from_numpy(np.require(arr, np.float32, ["C", "W"])))  # copies only if read-only
-    return copied
 
 
 def filler_generator():
@@ -114,7 +95,7 @@ def deploy_net(model, weights, device=None):
 
     text = {p.key: p.value for p in model.metadata_props}[PROTOTXT_KEY]
     net = Net(text, phase="TEST", generator=filler_generator())
-    set_weights(net, weights, "the exported net")
+    copy_weights(net, weights, "the exported net", require="all")
     return net.to(device) if device is not None else net
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..weights import copy_file, copy_weights, pt_weights, read_weights
 from .export import OnnxExportError, caffe_to_onnx
 from .importer import (
     OnnxImportError,
@@ -27,7 +28,6 @@ from .importer import (
     net_from_onnx,
     onnx_to_caffe,
     read_onnx_weights,
-    set_weights,
 )
 from .verify import TOLERANCE, CheckReport, OnnxCheckError, check_onnx
 
@@ -46,53 +46,13 @@ class ExportResult:
     report: CheckReport | None  # None with verify=False
 
 
-def load_weights(path) -> "OrderedDict[str, list[np.ndarray]]":
-    """Caffe blobs by layer from a .caffemodel, an .onnx we can read, or a ``.pt`` file: a repro snapshot
-    state (repro/checkpoint.py) or a ``Net.state_dict_caffe()`` ({"LAYER/j": tensor})."""
-    path = Path(path)
-    if path.suffix == ".onnx":
-        return read_onnx_weights(path)
-    if path.suffix == ".pt":
-        return _pt_weights(path)
-    from ..caffemodel import read_caffemodel
-
-    return read_caffemodel(path)
-
-
-def _pt_weights(path: Path, state=None):
-    import torch
-
-    if state is None:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:
-            raise OnnxExportError(f"{path}: not a readable .pt file ({type(e).__name__}: {e})") from None
-    if isinstance(state, dict):
-        for key in ("weights", "params", "model"):
-            if isinstance(state.get(key), dict):
-                state = state[key]
-                break
-    out = OrderedDict()
-    if isinstance(state, dict) and all(isinstance(v, (list, tuple)) for v in state.values()):
-        for name, blobs in state.items():  # layer -> [weight, bias]
-            out[name] = [np.asarray(b.detach().cpu().numpy() if hasattr(b, "detach") else b, np.float32) for b in blobs]
-    elif isinstance(state, dict) and state and all("/" in k and k.rsplit("/", 1)[1].isdigit() for k in state):
-        for key, t in state.items():  # Net.state_dict_caffe(): "LAYER/j"
-            name, j = key.rsplit("/", 1)
-            out.setdefault(name, []).append((int(j), t.detach().cpu().numpy()))
-        out = OrderedDict((n, [a for _, a in sorted(v)]) for n, v in out.items())
-    else:
-        keys = sorted(state)[:8] if isinstance(state, dict) else type(state).__name__
-        raise OnnxExportError(f"{path}: no Caffe weights found (expected a snapshot state with 'weights' by "
-                              f"layer, or 'LAYER/j' tensors; found {keys})")
-    return out
+# One reader and one copy-by-name for every weights file (repro/weights.py); the names stay here for callers.
+load_weights = read_weights
 
 
 def copy_from_onnx(net, path) -> list[str]:
-    """``net.copy_from`` for an ONNX file: Caffe's Net::CopyTrainedLayersFrom rule (layers matched by name;
-    the file's other layers ignored; the net's layers the file lacks keep their initialisation, which is
-    how a renamed ``conv4-new`` starts afresh). Returns the names of the layers copied."""
-    return set_weights(net, read_onnx_weights(path), os.fspath(path))
+    """``net.copy_from`` for an ONNX file: Caffe's Net::CopyTrainedLayersFrom rule (repro.weights)."""
+    return copy_file(net, path)
 
 
 def _run_dir(path: Path):
@@ -137,7 +97,7 @@ def _state_source(path: Path):
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise OnnxExportError(f"{path}: not a readable .pt file ({type(e).__name__}: {e})") from None
-    weights = _pt_weights(path, state)
+    weights = pt_weights(path, state)
     for run in (path.parent, path.parent.parent):
         if (run / "val.prototxt").is_file():
             meta = _run_meta(run)
@@ -217,10 +177,10 @@ def source_net(source, weights=None, input_shape=None):
             kwargs["input_shapes"] = {top: (1, *tuple(int(x) for x in input_shape)[-3:])}
         net = Net(source, phase="TEST", generator=filler_generator(), **kwargs)
     if isinstance(weights, dict):  # already read (a .pt source)
-        set_weights(net, weights, meta.get("weights", "the weights"))
+        copy_weights(net, weights, meta.get("weights", "the weights"))
     elif weights is not None:
         meta.setdefault("weights", os.fspath(weights))
-        set_weights(net, load_weights(weights), os.fspath(weights))
+        copy_file(net, weights)
     test_param = net.net_param
     if net.phase != "TEST" and net.source:
         # A training net: export its prototxt's TEST phase (the weights are the same layers).

@@ -111,6 +111,9 @@ def check_onnx(source, reference=None, *, batch_size: int = 2, seed: int = 0, to
     ``reference``: a repro.Net (the net that was exported) or a callable ``feed -> {output: array}``;
     default: the repro.Net rebuilt from the file.
     """
+    if batch_size < 1:
+        # a forward of no images compares nothing, and "verified" would be a lie
+        raise ReproError(f"batch_size must be at least 1 to verify an ONNX file (got {batch_size})")
     model, where = load_model(source)
     on_disk = not isinstance(source, onnx.ModelProto)
     try:

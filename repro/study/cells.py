@@ -22,7 +22,6 @@ the one given, or the base run's `final.caffemodel`, `final.pt` or `final.onnx`,
 """
 from __future__ import annotations
 
-import os
 import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -389,10 +388,9 @@ def base_weights(study: Study, cell: Cell, given=None) -> Path | None:
 def load_base(net, path) -> list[str]:
     """Copy a weights file (.caffemodel, .pt or .onnx) into `net` by layer name (Caffe:
     Net::CopyTrainedLayersFrom); returns the layers copied."""
-    from ..onnx.importer import set_weights
-    from ..onnx.io import load_weights
+    from ..weights import copy_file
 
-    return set_weights(net, load_weights(path), os.fspath(path))
+    return copy_file(net, path)
 
 
 # ---- one run ---------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Callable, Iterable, Sequence
 
+from ..numerics import resolve_device
 from .cells import Study, StudyError, has_snapshot, is_finished
 from .grid import Cell, all_cells, cell_from_name, dependencies
 
@@ -165,6 +166,8 @@ def run_plan(study: Study, jobs: Sequence[Job], devices: Sequence[str] = ("cpu",
     devices = list(devices)
     if not devices:
         raise StudyError("no devices to run on")
+    for d in set(devices):
+        resolve_device(d)  # a device this machine lacks is one line now, not a failure in every worker
     threads = _threads_for(devices, threads)
     status = {j.name: "skipped (finished)" for j in jobs if j.state == "done"}
     pending = [j for j in jobs if j.state != "done"]
