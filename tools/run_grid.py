@@ -24,12 +24,24 @@ and results.md from every finished run under --runs when the grid is done.
 Exit codes: 0 every net finished, 1 a net failed, 2 bad input, 3 stopped, 4 a net diverged.
 """
 import argparse
+import os
+import signal
+import sys
 
-from repro.cli import tool_main
-from repro.study.cells import StudyError
-from repro.study.flags import add_study_flags, check_device, exit_code, study_from_args
-from repro.study.grid import KINDS
-from repro.study.scheduler import (
+
+def _interrupted_while_starting(signum, frame):
+    # A Ctrl-C while torch is imported: one line, not an import traceback (nothing was written yet).
+    print("run_grid: interrupted while starting", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from repro.cli import tool_main  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.cells import StudyError  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.flags import add_study_flags, check_device, exit_code, study_from_args  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.grid import KINDS  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.scheduler import (  # noqa: E402
     default_devices,
     exit_status,
     format_data,
@@ -52,6 +64,7 @@ def write_report(runs, out):
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on repro.cli.tool_main reports it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--kind", nargs="+", default=[], choices=KINDS)
     p.add_argument("--split", nargs="+", default=[], help="0 1 2 3 natman whole")

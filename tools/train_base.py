@@ -25,14 +25,27 @@ snapshot and goes on. A loss or weight that is not finite stops the run as diver
 so and names the last good snapshot). Exit codes: 0 finished, 2 bad input, 3 stopped, 4 diverged.
 """
 import argparse
+import os
+import signal
+import sys
 
-from repro.cli import tool_main
-from repro.study.cells import run_cell
-from repro.study.flags import add_study_flags, device_from_args, exit_code, result_line, study_from_args
-from repro.study.grid import Cell
+
+def _interrupted_while_starting(signum, frame):
+    # A Ctrl-C while torch is imported: one line, not an import traceback (nothing was written yet).
+    print("train_base: interrupted while starting", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from repro.cli import tool_main  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.cells import run_cell  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.flags import add_study_flags, device_from_args, exit_code, result_line, study_from_args  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.grid import Cell  # noqa: E402 (after the start-up Ctrl-C handler)
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on repro.cli.tool_main reports it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--split", default="0", choices=("0", "1", "2", "3", "natman"),
                    help="random split seed 0-3, or natman (natural / man-made); default 0")

@@ -19,14 +19,27 @@ trains nothing. The run goes to <runs>/<cell name>/ and behaves as tools/train_b
 identity, --force). Exit codes: 0 finished, 2 bad input, 3 stopped, 4 diverged.
 """
 import argparse
+import os
+import signal
+import sys
 
-from repro.cli import tool_main
-from repro.study.cells import emit, run_cell
-from repro.study.flags import add_study_flags, device_from_args, exit_code, result_line, study_from_args
-from repro.study.grid import Cell
+
+def _interrupted_while_starting(signum, frame):
+    # A Ctrl-C while torch is imported: one line, not an import traceback (nothing was written yet).
+    print("transfer: interrupted while starting", file=sys.stderr, flush=True)
+    os._exit(130)
+
+
+signal.signal(signal.SIGINT, _interrupted_while_starting)
+
+from repro.cli import tool_main  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.cells import emit, run_cell  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.flags import add_study_flags, device_from_args, exit_code, result_line, study_from_args  # noqa: E402 (after the start-up Ctrl-C handler)
+from repro.study.grid import Cell  # noqa: E402 (after the start-up Ctrl-C handler)
 
 
 def main(argv=None) -> int:
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # from here on repro.cli.tool_main reports it
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--from", dest="source", required=True, choices=("A", "B"), help="half of the base net")
     p.add_argument("--to", dest="target", required=True, choices=("A", "B"), help="half trained and tested on")

@@ -1,0 +1,1 @@
+"""Fault-injection tests: kills, signals, damaged files, full disks, concurrent writers, divergence."""
