@@ -243,3 +243,18 @@ def test_sigkill_then_rerun_gives_identical_weights(root, tmp_path, reference):
     assert r.returncode == 0 and "resuming from snapshot_iter_40.state.pt" in r.stdout
     assert (run_dir / "final.caffemodel").read_bytes() == (ref / "final.caffemodel").read_bytes()
     assert train_iters(run_dir) == train_iters(ref)
+
+
+def test_transfer_refuses_a_base_run_of_another_schedule(root, tmp_path):
+    runs = tmp_path / "runs"
+    assert base(root, runs, "--max-iter", 20).returncode == 0          # a smoke test's base net
+    args = ("--from", "A", "--to", "B", "--n", "2", "--data", root, "--runs", runs, *QUICK, "--max-iter", 30)
+    r = tool("transfer", *args, cwd=root)
+    assert r.returncode == 2
+    line = one_line(r.stderr)
+    assert "another schedule" in line and "max_iter 20 there, 30 here" in line and "--allow-other-base" in line
+    assert not (runs / "transfer0A0B_1_2").exists()
+    ok = tool("transfer", *args, "--allow-other-base", cwd=root)
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1].startswith(f"transfer0A0B_1_2: finished in {runs / 'transfer0A0B_1_2'}; "
+                                                         f"paper's metric")
