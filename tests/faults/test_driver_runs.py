@@ -258,3 +258,14 @@ def test_transfer_refuses_a_base_run_of_another_schedule(root, tmp_path):
     assert ok.returncode == 0, ok.stderr
     assert ok.stdout.strip().splitlines()[-1].startswith(f"transfer0A0B_1_2: finished in {runs / 'transfer0A0B_1_2'}; "
                                                          f"paper's metric")
+
+
+def test_snapshot_floor_of_a_scaled_caffenet_schedule():
+    from repro.prototxt import read_solver
+    from repro.study.cells import CAFFENET_SOLVER, SNAPSHOT_FLOOR, scale_solver
+
+    paper = read_solver(CAFFENET_SOLVER)          # snapshot 10000 of max_iter 450000
+    assert (paper.snapshot, paper.max_iter) == (10000, 450000)
+    assert scale_solver(paper, 20).snapshot == 20                 # once, at the end (it was every iteration)
+    assert scale_solver(paper, 9000).snapshot == SNAPSHOT_FLOOR == 1000
+    assert scale_solver(paper, 90000).snapshot == 2000             # above the floor: scaled as before
