@@ -107,7 +107,8 @@ def load_state(path: str | Path) -> dict:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error, not a torch file
-        raise CheckpointError(f"{path}: not a readable snapshot state ({type(e).__name__}: {e})") from None
+        first = (str(e).strip().splitlines() or [""])[0]  # torch's unpickler errors run to many lines
+        raise CheckpointError(f"{path}: not a readable snapshot state ({type(e).__name__}: {first})") from None
     if not isinstance(state, dict) or state.get("format") != STATE_FORMAT:
         raise CheckpointError(f"{path}: not a repro snapshot state (expected format {STATE_FORMAT!r})")
     if state.get("version", 0) > STATE_VERSION:

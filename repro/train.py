@@ -418,12 +418,21 @@ def _weight_list(weights) -> list[Path]:
     return out
 
 
-def _device(device) -> torch.device:
-    d = torch.device(device) if device is not None else torch.device("cpu")
+def check_device(device) -> torch.device:
+    """The torch device named ``device`` (default cpu); a RunError naming it when this machine lacks it."""
+    try:
+        d = torch.device(device) if device is not None else torch.device("cpu")
+    except (RuntimeError, ValueError, TypeError) as e:
+        raise RunError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}") from None
     if d.type == "cuda" and not torch.cuda.is_available():
         raise RunError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, "
                        f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
+    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
+        raise RunError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
     return d
+
+
+_device = check_device
 
 
 # ---------------------------------------------------------------------------------------------- the end
@@ -505,4 +514,4 @@ class _Distributed:
                 "per_rank_batch": feed.local}
 
 
-__all__ += ["file_id", "finish_run", "Signals", "Console"]
+__all__ += ["file_id", "finish_run", "Signals", "Console", "check_device"]

@@ -7,6 +7,7 @@ import pytest
 from conftest import load_tool
 
 from repro.checkpoint import save_state
+from repro.errors import ReproError
 from repro.study.cells import builtin_study, run_cell
 from repro.study.grid import all_cells, cell_from_name
 from repro.study.scheduler import format_plan, mini_cells, plan, run_plan, select_cells
@@ -54,7 +55,7 @@ def test_plan_orders_bases_first_and_adds_missing_ones(tmp_path):
         ("transfer-ft1A1B_1_7", ("half1A",), "new", False),   # longest first: fine-tuned before frozen
         ("transfer1A1B_1_3", ("half1A",), "new", False)]
     text = format_plan(jobs, ["cpu", "cpu"])
-    assert "transfer1A1B_1_3           AnB       after half1A" in text
+    assert "transfer1A1B_1_3           AnB       after half1A  [data half1B, mean of half1A]" in text
     assert text.endswith("4 nets: 4 to run (0 resumed), 0 finished; devices: cpu, cpu")
     # A finished base is not added again, and the transfer does not wait for it.
     (tmp_path / "half1A").mkdir()
@@ -67,9 +68,12 @@ def test_plan_orders_bases_first_and_adds_missing_ones(tmp_path):
 def test_dry_run_prints_the_plan(tmp_path, capsys):
     _tool("run_grid").main(["--mini", "--dry-run", "--runs", str(tmp_path), "--devices", "cpu", "cpu"])
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["new", "half0A", "base"] and len(out) == 31
-    assert out[-1] == "30 nets: 30 to run (0 resumed), 0 finished; devices: cpu, cpu"
-    with pytest.raises(SystemExit, match="no net matches"):
+    assert out[0].split() == ["new", "half0A", "base", "[data", "half0A]"]
+    assert out[30] == "30 nets: 30 to run (0 resumed), 0 finished; devices: cpu, cpu"
+    # then the data the selection reads: half 0A and 0B's stores and means, made on first use
+    assert out[31] == "data: 6 paths, 0 present, 6 made on first use" and len(out) == 38
+    assert out[32].split()[:2] == ["to", "make"] and out[32].endswith("data/builtin/half0A_train")
+    with pytest.raises(ReproError, match="no net matches"):
         _tool("run_grid").main(["--kind", "base", "--n", "3", "--dry-run", "--runs", str(tmp_path)])
 
 

@@ -10,6 +10,7 @@ from conftest import load_tool
 
 import repro.study.cells as study_mod
 from repro.caffemodel import read_caffemodel, write_caffemodel
+from repro.errors import ReproError
 from repro.prototxt import read_net, read_solver
 from repro.study.cells import StudyError, builtin_study, run_cell, scale_solver
 from repro.study.grid import cell_from_name
@@ -95,7 +96,7 @@ def test_emitted_prototxts_are_the_papers(shared, tmp_path, name, flags):
 
 
 def test_bad_cells_are_refused_with_a_message(tmp_path, capsys):
-    with pytest.raises(SystemExit, match=r"n = 8 needs at least 9 learnable layers"):
+    with pytest.raises(ReproError, match=r"n = 8 needs at least 9 learnable layers"):
         transfer_tool.main(["--from", "A", "--to", "B", "--n", "8", "--emit", str(tmp_path)])
     with pytest.raises(SystemExit):
         transfer_tool.main(["--from", "C", "--to", "B", "--n", "1"])

@@ -23,7 +23,7 @@ the one given, or the base run's `final.caffemodel`, `final.pt` or `final.onnx`,
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import ReproError
@@ -101,40 +101,19 @@ def paper_study(runs="runs/imagenet", *, root=None, max_iter=None, test_iter=Non
                  builtin=False, max_iter=max_iter, test_iter=test_iter, test_interval=test_interval)
 
 
-def add_study_arguments(parser) -> None:
-    """The command-line arguments that choose a Study (tools/transfer.py, tools/run_grid.py)."""
-    g = parser.add_argument_group("study")
-    g.add_argument("--study", choices=("builtin", "imagenet"), default="builtin",
-                   help="builtin: prototxt/small on the built-in data (made on demand, default); imagenet: "
-                        "prototxt/caffenet on datasets you prepared")
-    g.add_argument("--runs", help="folder of run folders (default runs/builtin or runs/imagenet)")
-    g.add_argument("--root", help="folder the prototxt's relative data paths start from (default: here)")
-    g.add_argument("--net", help="another base train_val prototxt (with --solver)")
-    g.add_argument("--solver", help="its solver prototxt")
-    g.add_argument("--max-iter", type=int, help="a shorter schedule: max_iter, with stepsize, test_interval, "
-                                                "snapshot and display scaled to it")
-    g.add_argument("--test-iter", type=int, help="batches per test (default: the solver's, one val pass)")
-    g.add_argument("--test-interval", type=int, help="iterations between tests (default: the solver's)")
-
-
-def study_from_arguments(a) -> Study:
-    """The Study that `add_study_arguments`' parsed arguments describe."""
-    make = builtin_study if a.study == "builtin" else paper_study
-    kw = {"max_iter": a.max_iter, "test_iter": a.test_iter, "test_interval": a.test_interval, "root": a.root}
-    if a.runs:
-        kw["runs"] = a.runs
-    st = make(**kw)
-    if bool(a.net) != bool(a.solver):
-        raise StudyError("give --net and --solver together")
-    return replace(st, net=Path(a.net), solver=Path(a.solver)) if a.net else st
-
-
 # ---- the solver ------------------------------------------------------------------------------------------------
+
+# A scaled schedule snapshots at most every SNAPSHOT_FLOOR iterations (a run shorter than that once, at its end,
+# plus whenever it is stopped): a CaffeNet snapshot is ~1 GB (.caffemodel, .solverstate, .state.pt), and the
+# paper's 10000-of-450000 scaled to a 20-iteration smoke test would otherwise write one every iteration.
+SNAPSHOT_FLOOR = 1000
+
 
 def scale_solver(solver, max_iter: int):
     """The solver's schedule compressed to `max_iter` iterations: stepsize (and stepvalue), test_interval,
     snapshot and display scaled by max_iter / the original max_iter (each at least 1), test_iter kept (every
-    test is still one full pass over the validation set)."""
+    test is still one full pass over the validation set). The snapshot interval is at least
+    min(SNAPSHOT_FLOOR, max_iter)."""
     if max_iter < 1:
         raise StudyError(f"max_iter must be >= 1, got {max_iter}")
     out = type(solver)()
@@ -150,7 +129,7 @@ def scale_solver(solver, max_iter: int):
     out.stepsize = scaled(solver.stepsize)
     out.stepvalue[:] = [scaled(v) for v in solver.stepvalue]
     out.test_interval = scaled(solver.test_interval)
-    out.snapshot = scaled(solver.snapshot)
+    out.snapshot = max(scaled(solver.snapshot), min(SNAPSHOT_FLOOR, max_iter)) if solver.snapshot else 0
     out.display = scaled(solver.display)
     return out
 
@@ -349,8 +328,8 @@ def ensure_data(study: Study, paths) -> None:
         missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise StudyError("missing data: " + ", ".join(map(str, missing)) + ". Build the datasets with "
-                         "tools/make_splits.py and a store/LMDB per split (README, 'The paper's data'), or use the "
-                         "built-in data (--builtin)")
+                         "tools/make_splits.py and a store per split (README, 'The paper's data'), point --data "
+                         "at the folder that holds data/, or use the built-in data (--net small)")
 
 
 def find_weights(run_dir) -> Path | None:
@@ -376,6 +355,17 @@ def base_weights(study: Study, cell: Cell, given=None) -> Path | None:
     if not deps:
         return None
     base = deps[0]
+    from ..runfolder import RunFolder
+
+    folder = RunFolder(study.run_dir(base))
+    if folder.diverged:
+        raise StudyError(f"{cell.name} copies {base.name}, whose run in {folder.path} diverged (iteration "
+                         f"{(folder.summary() or {}).get('iter')}): it has no weights to copy; retrain it (lower "
+                         f"base_lr, then --force)")
+    if not folder.finished:
+        raise StudyError(f"{cell.name} copies {base.name}, which has no final weights in {folder.path} (its run "
+                         f"has not finished); train it first (tools/run_grid.py runs both in order) or pass "
+                         f"--weights")
     check_base_schedule(study, cell, base)
     found = find_weights(study.run_dir(base))
     if found is None:
