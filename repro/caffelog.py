@@ -224,7 +224,7 @@ class SolverLog:
     def _train(self, rec: dict) -> None:
         s, it = self.solver, int(rec["iter"])
         loss = cfloat(rec["loss"])
-        if it >= s.param.max_iter and s.param.max_iter > 0 and it == s.iter:
+        if it >= s.param.max_iter:  # Step's displays are of iterations below max_iter
             # Solver::Solve's forward-only pass after the last update: no outputs, no rate
             self.glog.info("solver.cpp:327", f"Iteration {it}, loss = {loss}")
             return
