@@ -241,3 +241,50 @@ def test_every_run_writes_a_caffe_log_beside_log_jsonl(small_dir, tmp_path):
     assert [row["accuracy"] for row in test] == pytest.approx([x["top1"] for x in jtest], rel=1e-5)
     ours = parse_log_files([d / "run" / "caffe.log"])
     assert [p.iter for p in ours.tests] == [x["iter"] for x in jtest]
+
+
+def test_sighup_snapshots_and_sigint_stops_with_a_snapshot(small_dir, tmp_path):
+    import signal
+
+    d = fresh(small_dir, tmp_path, 100000, 0)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    p = subprocess.Popen([sys.executable, str(TOOL), "train", "-solver", "solver.prototxt"], cwd=d, env=env,
+                         stderr=subprocess.PIPE, text=True)
+    lines = []
+    try:
+        sent_hup = False
+        for line in p.stderr:
+            lines.append(line)
+            m = re.search(r"\] Iteration (\d+), lr", line)
+            if m and not sent_hup and int(m.group(1)) >= 2:
+                p.send_signal(signal.SIGHUP)   # Caffe's default -sighup_effect snapshot: snapshot, go on
+                sent_hup = True
+            elif sent_hup and "Snapshotting solver state" in line:
+                p.send_signal(signal.SIGINT)   # -sigint_effect stop: finish the iteration, snapshot, stop
+                break
+        rest = p.communicate(timeout=300)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    log = "".join(lines) + rest
+    assert p.returncode == 3, log[-2000:]
+    snaps = sorted(int(m) for m in re.findall(r"small_iter_(\d+)\.caffemodel", log))
+    assert len(snaps) == 2 and snaps[0] < snaps[1] < 100000
+    assert all((d / f"small_iter_{i}.state.pt").is_file() for i in snaps)
+    assert "Optimization stopped early." in log
+
+
+def test_reader_takes_caffe_1_lines_glog_years_and_other_threads(tmp_path):
+    # Caffe 1.0's wording under glog 0.7 (dated prefix), with the prefetch thread's line inside a test block
+    log = tmp_path / "train.log"
+    log.write_text(
+        "I20261206 05:10:18.546095 21880 solver.cpp:289] Solving Net\n"
+        "I20261206 05:10:18.546952 21880 solver.cpp:347] Iteration 10, Testing net (#0)\n"
+        "I20261206 05:10:18.869753 21882 data_layer.cpp:73] Restarting data prefetching from start.\n"
+        "I20261206 05:10:18.898761 21880 solver.cpp:414]     Test net output #0: accuracy = 0.15\n"
+        "I20261206 05:10:18.898870 21880 solver.cpp:414]     Test net output #1: loss = 3.00744 (* 1 = 3.00744 loss)\n"
+        "I20261206 05:10:18.913346 21880 solver.cpp:239] Iteration 10 (35.7 iter/s, 0.028s/1 iters), loss = 3.3\n"
+        "I20261206 05:10:18.913488 21880 sgd_solver.cpp:112] Iteration 10, lr = 0.002\n")
+    got = parse_log_files([log])
+    assert [(p.iter, p.top1, p.loss) for p in got.tests] == [(10, 0.15, 3.00744)]
+    assert got.train_loss == {10: 3.3} and got.lr == {10: 0.002}
