@@ -333,5 +333,5 @@ layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "y" }
     out = net(x=x, y=y)
     assert out == {} and net.outputs == []  # "ip" feeds the loss, the loss's top is anonymous
     expect = torch.nn.functional.cross_entropy(net.blobs["ip"].detach().double(), y.long())
-    assert float(net.total_loss) == pytest.approx(float(expect), rel=1e-6)
+    assert float(net.total_loss.detach()) == pytest.approx(float(expect), rel=1e-6)
     assert len(net.net_param.layer[-1].top) == 0  # the net's own definition is left as written
