@@ -9,7 +9,11 @@ paper's notebook (`read_info` in plots/transfer_plots.ipynb) exactly:
   * a `Testing net` line is followed by its `Test score #0` (top-1) and `#1` (loss) lines; a killed job can
     leave a `Testing net` line without scores, and such a test is dropped;
   * a net whose folder has no test points is skipped.
-Newer Caffe's `Test net output #k: accuracy = …` / `loss = …` lines are read too (accuracy → top-1).
+Newer Caffe's `Test net output #k: accuracy = …` / `loss = …` lines are read too (accuracy → top-1), as are
+glog 0.7's dated prefixes (`I20261206 …`), and lines of other source files than the solver's (a prefetch thread's
+`data_layer.cpp` line inside a test's block) are passed over.
+
+:class:`SolverLog` writes our runs' caffe.log in Caffe's own lines (see repro.glog).
 
 Timestamps have no year, so a log that spans New Year would be misordered, as in the notebook.
 """
@@ -19,18 +23,21 @@ import fnmatch
 import gzip
 import os
 import re
+import time
 import warnings
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .glog import cfloat
 from .study.results import TestPoint
 
 # Files read in a net's folder (the notebook globs `*.[eo]*.gz`); names are matched after removing `.gz`.
 LOG_GLOBS = ("*.[eo]*", "*.log", "*.log.*", "*.INFO", "*.INFO.*")
 
 # glog prefix: severity, MMDD, hh:mm:ss.micro, thread id, file:line]  (Caffe logs through glog)
-_GLOG = re.compile(r"^[IWEF](\d{4}) (\d\d:\d\d:\d\d\.\d+)\s+\d+\s+[^\]\s]+\]\s?(.*)$")
+# glog 0.7 writes the year too (I20261206): the MMDD is its last four digits.
+_GLOG = re.compile(r"^[IWEF](?:\d{4})?(\d{4}) (\d\d:\d\d:\d\d\.\d+)\s+\d+\s+([^\]\s]+)\]\s*(.*)$")
 _ITER_LR = re.compile(r"^Iteration (\d+)(?: \([^)]*\))?, lr = (\S+)")
 _ITER_LOSS = re.compile(r"^Iteration (\d+)(?: \([^)]*\))?, loss = (\S+)")
 _TESTING = re.compile(r"^Iteration (\d+), Testing net")
@@ -88,7 +95,11 @@ def _parse_into(path: Path, top1: _Latest, loss: _Latest, train_loss: _Latest, l
         m = _GLOG.match(line)
         if not m:
             continue   # nvidia-smi output, job headers, directory listings: not glog lines
-        mmdd, clock, msg = m.groups()
+        mmdd, clock, source, msg = m.groups()
+        if "solver" not in source:
+            # Another thread's line inside a test's block (Caffe 1.0's prefetch thread: data_layer.cpp
+            # "Restarting data prefetching from start.") neither holds scores nor ends the block.
+            continue
         stamp = (mmdd, clock)
         s = _SCORE_OLD.match(msg)
         if s and testing is not None:
@@ -160,3 +171,91 @@ def read_caffe_logs(root: str | os.PathLike) -> list[tuple[str, list[TestPoint]]
     if not out:
         raise FileNotFoundError(f"{root}: no Caffe log with test scores (looked for {', '.join(LOG_GLOBS)})")
     return out
+
+
+# ---------------------------------------------------------------------------------------------- writing
+
+
+class SolverLog:
+    """A solver callback that logs a run as Caffe's ``caffe train`` does (glog lines, Caffe's wording), so
+    Caffe's tools/extra/parse_log.py and :func:`parse_log_files` read our runs as they read Caffe's.
+
+    ``SolverLog(glog, solver)`` then ``solver.add_callback(log)``; ``log.start()`` writes Caffe's
+    ``Solving <net>`` / ``Learning Rate Policy`` lines (parse_log.py takes its start time from the first), and
+    ``log.done()`` its ``Optimization Done.``. Events (repro.solver's callbacks) become:
+
+    * train display -> ``Iteration N (x iter/s, ys/d iters), loss = L`` (Solver::Step), one
+      ``    Train net output #k: name = v [(* w = w*v loss)]`` per output value, ``Iteration N, lr = r``
+      (SGDSolver::ApplyUpdate); the forward-only display after the last iteration (Solver::Solve) is the
+      single ``Iteration N, loss = L`` line Caffe writes there;
+    * test -> ``Iteration N, Testing net (#i)`` (Solver::Test) and one ``    Test net output #k`` per value;
+    * snapshot -> Caffe's two ``Snapshotting ...`` lines (Solver::SnapshotToBinaryProto,
+      SGDSolver::SnapshotSolverStateToBinaryProto).
+    """
+
+    def __init__(self, glog, solver):
+        self.glog, self.solver = glog, solver
+        self._mark: tuple[int, float] | None = None
+
+    def start(self) -> None:
+        s = self.solver
+        self.glog.info("solver.cpp:289", f"Solving {s.net.name}")
+        self.glog.info("solver.cpp:290", f"Learning Rate Policy: {s.param.lr_policy}")
+        self._mark = (s.iter, time.perf_counter())
+
+    def done(self, stopped: bool = False) -> None:
+        if stopped:
+            self.glog.info("solver.cpp:311", "Optimization stopped early.")
+        self.glog.info("solver.cpp:332", "Optimization Done.")
+
+    def __call__(self, rec: dict) -> None:
+        kind = rec.get("type")
+        if kind == "train":
+            self._train(rec)
+        elif kind == "test":
+            self._test(rec)
+        elif kind == "snapshot":
+            if rec.get("caffemodel"):
+                self.glog.info("solver.cpp:464", f"Snapshotting to binary proto file {rec['caffemodel']}")
+            if rec.get("solverstate"):
+                self.glog.info("sgd_solver.cpp:284",
+                               f"Snapshotting solver state to binary proto file {rec['solverstate']}")
+
+    def _train(self, rec: dict) -> None:
+        s, it = self.solver, int(rec["iter"])
+        loss = cfloat(rec["loss"])
+        if it >= s.param.max_iter:  # Step's displays are of iterations below max_iter
+            # Solver::Solve's forward-only pass after the last update: no outputs, no rate
+            self.glog.info("solver.cpp:327", f"Iteration {it}, loss = {loss}")
+            return
+        now = time.perf_counter()
+        last_it, last_t = self._mark if self._mark is not None else (it, now)
+        lapse = now - last_t
+        per_s = (it - last_it) / (lapse if lapse else 1)
+        display = s.param.display or 1
+        self.glog.info("solver.cpp:239",
+                       f"Iteration {it} ({cfloat(per_s)} iter/s, {lapse:.3g}s/{display} iters), loss = {loss}")
+        self._mark = (it, now)
+        for k, (name, v, w) in enumerate(_output_values(rec.get("outputs", {}), s.net.loss_weights)):
+            self.glog.info("solver.cpp:258", f"    Train net output #{k}: {name} = {cfloat(v)}{_weighted(v, w)}")
+        if rec.get("lr") is not None:
+            self.glog.info("sgd_solver.cpp:112", f"Iteration {it}, lr = {cfloat(rec['lr'])}")
+
+    def _test(self, rec: dict) -> None:
+        s, i = self.solver, int(rec.get("net", 0))
+        self.glog.info("solver.cpp:347", f"Iteration {int(rec['iter'])}, Testing net (#{i})")
+        weights = s.test_nets[i].loss_weights if i < len(s.test_nets) else {}
+        for k, (name, v, w) in enumerate(_output_values(rec.get("scores", {}), weights)):
+            self.glog.info("solver.cpp:414", f"    Test net output #{k}: {name} = {cfloat(v)}{_weighted(v, w)}")
+        self._mark = (s.iter, time.perf_counter())  # testing time is not training time
+
+
+def _output_values(outputs: dict, loss_weights: dict):
+    """(name, value, loss weight) per element of each output blob, in the net's output order."""
+    for name, v in outputs.items():
+        for x in (v if isinstance(v, (list, tuple)) else [v]):
+            yield name, float(x), float(loss_weights.get(name, 0.0) or 0.0)
+
+
+def _weighted(v: float, w: float) -> str:
+    return f" (* {cfloat(w)} = {cfloat(w * v)} loss)" if w else ""

@@ -52,6 +52,26 @@ def module_key(layer_name: str) -> str:
     return key
 
 
+def _auto_top(lp) -> str | None:
+    """Caffe: Net::Init gives a layer whose AutoTopBlobs() is true (every LossLayer) the top it needs when the
+    prototxt names none (the paper's V0 nets: a ``softmax_loss`` layer without a top); the blob is anonymous
+    ("(automatic)"; we add the layer's name to keep blob names unique) and not a net output. Returns its name,
+    or None when the layer names its tops."""
+    from .layers.base import _REGISTRY
+
+    if len(lp.top) or not getattr(_REGISTRY.get(lp.type), "is_loss", False):
+        return None
+    return f"(automatic) {lp.name}"
+
+
+def _with_top(lp, top: str):
+    """A copy of LayerParameter ``lp`` with ``top`` added (the net's own NetParameter stays as written)."""
+    out = type(lp)()
+    out.CopyFrom(lp)
+    out.top.append(top)
+    return out
+
+
 class Net(nn.Module):
     """See the module docstring. Arguments:
 
@@ -113,6 +133,9 @@ class Net(nn.Module):
         consumers_allow: dict[str, bool] = {}
         for lp in self.net_param.layer:
             name = lp.name
+            anonymous = _auto_top(lp)
+            if anonymous:
+                lp = _with_top(lp, anonymous)
             shapes = [self.blob_shapes[b] for b in lp.bottom]
             top_shapes = self._given_top_shapes(lp, input_shapes)
             try:
@@ -131,7 +154,8 @@ class Net(nn.Module):
                     available.remove(b)
             for t, shape in zip(lp.top, layer.top_shapes):
                 self.blob_shapes[t] = tuple(shape)
-                available.append(t)
+                if t != anonymous:  # Caffe: an anonymous top is never a net output
+                    available.append(t)
             self._setup_params(lp, layer)
             self._setup_loss_weights(lp, layer)
         self.outputs = sorted(available)  # Caffe keeps them in a std::set: sorted by name

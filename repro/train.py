@@ -294,12 +294,23 @@ def _run_owned(folder: RunFolder, solver, signals: Signals, comm, *, weight_file
             retention.prune(out / SNAPSHOT_DIR, s.param)
         console(rec)
 
+    caffe_log = None
     if writer:
         s.add_callback(on_event)
+        # Caffe's own log lines beside log.jsonl (appended on resume), for Caffe's parse_log.py and ours
+        from .caffelog import SolverLog
+        from .glog import Glog
+
+        caffe_log = open(out / CAFFE_LOG, "a", encoding="utf-8")
+        clog = SolverLog(Glog(caffe_log), s)
+        s.add_callback(clog)
+        clog.start()
     status = "finished"
     try:
         if not s.stop_requested:
             s.solve()
+        if caffe_log is not None:
+            clog.done(stopped=s.stop_requested)
     except DivergedError as e:
         status = "diverged"
         last = find_resume_state(out / SNAPSHOT_PREFIX, _quiet)
@@ -315,6 +326,8 @@ def _run_owned(folder: RunFolder, solver, signals: Signals, comm, *, weight_file
     finally:
         for f in feeds:
             f.close()
+        if caffe_log is not None:
+            caffe_log.close()
     if s.stop_requested:
         log(f"{out}: stopped at iteration {s.iter}; run again to resume")
         return {"status": "stopped", "iter": s.iter}

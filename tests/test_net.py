@@ -314,3 +314,24 @@ def test_net_makes_numerics_faithful():
         assert not state["fill_uninitialized_memory"] and not torch.utils.deterministic.fill_uninitialized_memory
     finally:
         set_faithful(True)
+
+
+def test_a_loss_layer_without_a_top_gets_caffes_anonymous_top():
+    # The paper's V0 nets end in a softmax_loss layer naming no top: Caffe's Net::Init adds an anonymous one
+    # (AutoTopBlobs) that carries the loss but is not a net output.
+    from repro.net import Net
+
+    text = """name: "t"
+layer { name: "x" type: "Input" top: "x" top: "y" input_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "x" top: "ip"
+        inner_product_param { num_output: 4 weight_filler { type: "gaussian" std: 0.1 } } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip" bottom: "y" }
+"""
+    net = Net(text, phase="TRAIN", seed=1)
+    x = torch.randn(2, 3)
+    y = torch.tensor([1.0, 3.0])
+    out = net(x=x, y=y)
+    assert out == {} and net.outputs == []  # "ip" feeds the loss, the loss's top is anonymous
+    expect = torch.nn.functional.cross_entropy(net.blobs["ip"].detach().double(), y.long())
+    assert float(net.total_loss.detach()) == pytest.approx(float(expect), rel=1e-6)
+    assert len(net.net_param.layer[-1].top) == 0  # the net's own definition is left as written
