@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import caffe_rng
+
 # The update itself lives in sgd.py; re-exported here for callers that know it as part of the solver.
 from .sgd import SolverError, clip_gradients_, sgd_update_  # noqa: F401
 
@@ -104,6 +106,9 @@ class Solver:
         seed = int(self.param.random_seed)
         self.seed = seed if seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         _seed_everything(self.seed)
+        # A given random_seed on the CPU: Caffe's own generator (repro.caffe_rng), so fillers, data transformers
+        # and dropout masks draw Caffe's numbers in Caffe's order; on CUDA Caffe uses cuRAND: torch's streams.
+        caffe_rng.set_random_seed(seed if seed >= 0 and self.device.type == "cpu" else None)
         # Caffe: train_state / test_state select layers by level and stage (the phase is fixed per net)
         ts = self.param.train_state
         self.net = Net(self._train_source(), phase="TRAIN", level=ts.level, stages=tuple(ts.stage),
