@@ -24,6 +24,7 @@ consume a variable number of them in order.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -309,3 +310,15 @@ def set_random_seed(seed: int | None) -> CaffeRNG | None:
 def current() -> CaffeRNG | None:
     """The generator of the seeded run in progress, or None when the run has no ``random_seed``."""
     return _current
+
+
+@contextlib.contextmanager
+def active(rng: CaffeRNG | None):
+    """Make ``rng`` the current generator inside the block (a Solver's own stream while it builds its nets
+    and trains; None: torch's streams), then put back what was current."""
+    global _current
+    prev, _current = _current, rng
+    try:
+        yield rng
+    finally:
+        _current = prev

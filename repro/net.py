@@ -310,8 +310,9 @@ class Net(nn.Module):
                                f"but the data layer feeder is unavailable ({e}); pass the tops "
                                f"{self.top_names[name]} to the net instead") from None
             base = self.data_root if self.data_root is not None else os.getcwd()
+            seeded = {"caffe_seeds": self._caffe_seeds[name]} if name in self._caffe_seeds else {}
             feeder = self._feeders[name] = DataLayerFeeder(layer.param, self.phase, base, device=self._device(),
-                                                           caffe_seeds=self._caffe_seeds.get(name))
+                                                           **seeded)
         return feeder
 
     @staticmethod
