@@ -89,6 +89,19 @@ class Stream:
         """How many 32-bit outputs have been drawn since seeding."""
         return self._produced - (len(self._buf) - self._pos)
 
+    def state_dict(self) -> dict:
+        """The stream's exact position: the engine's 624 words and index, the outputs drawn but not yet used."""
+        st = self._bg.state["state"]
+        return {"seed": self.seed, "key": np.asarray(st["key"], dtype=np.int64), "pos": int(st["pos"]),
+                "buffer": self._buf[self._pos:].astype(np.int64), "produced": self._produced}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.seed = int(d["seed"])
+        self._bg.state = {"bit_generator": "MT19937",
+                          "state": {"key": np.asarray(d["key"]).astype(np.uint32), "pos": int(d["pos"])}}
+        self._buf, self._pos = np.asarray(d["buffer"]).astype(np.uint32), 0
+        self._produced = int(d["produced"])
+
     def skip(self, n: int) -> None:
         """Consume n outputs (resume a stream at a known position)."""
         while n > 0:

@@ -233,3 +233,13 @@ def test_g4_seeded_solver_replays_caffes_run(g4, tmp_path, monkeypatch):
     for name, blobs in theirs.items():
         for j, b in enumerate(blobs):
             assert np.abs(ours[name][j] - b).max() <= 1e-3 * np.abs(b).max(), (name, j)
+
+
+def test_stream_state_round_trip_continues_exactly():
+    s = Stream(42)
+    s.gaussian(1000, 0.0, 1.0)
+    state = s.state_dict()
+    want = s.take(70000)
+    t = Stream(0)
+    t.load_state_dict(state)
+    assert np.array_equal(t.take(70000), want) and t.consumed == s.consumed
