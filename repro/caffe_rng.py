@@ -269,7 +269,9 @@ def _normal_slow(eng: Stream) -> np.float32:
 
 def boost_unit_normal(eng: Stream, n: int) -> np.ndarray:
     """n draws of boost::random::detail::unit_normal_distribution<float> (the ziggurat, boost >= 1.56).
-    Most draws take one output and pass the first test; those run vectorised, the rest one by one."""
+    Most draws take one output and pass the first test: that test is a function of the output alone, so it is
+    evaluated for a whole block at once; the draws that fail it (about 1 in 80) run one by one, consuming as many
+    outputs as they need, and the walk through the block resumes after them."""
     out = np.empty(n, dtype=np.float32)
     done = 0
     while done < n:
@@ -278,15 +280,22 @@ def boost_unit_normal(eng: Stream, n: int) -> np.ndarray:
         sign = ((i & 1) * 2 - 1).astype(np.float32)
         i >>= 1
         x = (u >> 8).astype(np.float32) * _F32(2.0 ** -24) * _NX32[i]
-        fast = x.astype(np.float64) < _NX[i + 1]
-        bad = np.flatnonzero(~fast)
-        k = len(u) if len(bad) == 0 else int(bad[0])
-        out[done:done + k] = x[:k] * sign[:k]
-        eng.take(k)
-        done += k
-        if done < n:
-            out[done] = _normal_slow(eng)
-            done += 1
+        vals = x * sign
+        bad = np.flatnonzero(~(x.astype(np.float64) < _NX[i + 1]))
+        c, m = 0, len(u)
+        while c < m and done < n:
+            j = int(np.searchsorted(bad, c))
+            b = int(bad[j]) if j < len(bad) else m
+            k = min(b - c, n - done)
+            out[done:done + k] = vals[c:c + k]
+            eng.take(k)
+            c += k
+            done += k
+            if done < n and c == b < m:
+                before = eng.consumed
+                out[done] = _normal_slow(eng)
+                done += 1
+                c += eng.consumed - before
     return out
 
 
