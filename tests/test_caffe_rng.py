@@ -210,9 +210,11 @@ def test_g4_train_net_fillers_are_caffes_bit_for_bit(g4):
 
 
 def test_g4_seeded_solver_replays_caffes_run(g4, tmp_path, monkeypatch):
-    """Solver from random_seed 1701 (TRAIN then TEST net set-up, crops/mirrors, dropout masks): iteration-0
-    TEST accuracy and loss, the losses of iterations 0-9 (Caffe logs 6 significant digits: 1e-5 relative), and
-    snap_iter_10 weights within 1e-3 of the largest weight of each blob."""
+    """Solver from random_seed 1701 (TRAIN then TEST net set-up, crops/mirrors, dropout masks): the TEST
+    accuracy and loss at iterations 0 and 10, the losses of iterations 0-11 (Caffe logs 6 significant digits:
+    1e-5 relative), and snap_iter_10 weights within 1e-3 of the largest weight of each blob. (From iteration 12
+    on the run drifts as float32 rounding differences grow -- a 1-ulp change of our own initial weights drifts
+    alike -- so the comparison stops there.)"""
     from repro.solver import Solver
 
     monkeypatch.chdir(tmp_path)
@@ -220,13 +222,14 @@ def test_g4_seeded_solver_replays_caffes_run(g4, tmp_path, monkeypatch):
     s = Solver(g4 / "solver.prototxt")
     events = []
     s.add_callback(events.append)
-    s.step(10)
+    s.step(12)
     tests = [e for e in events if e["type"] == "test"]
-    assert tests[0]["iter"] == 0
-    assert tests[0]["scores"]["accuracy"] == pytest.approx(traj["tests"][0]["accuracy"], rel=1e-6)
-    assert tests[0]["scores"]["loss"] == pytest.approx(traj["tests"][0]["loss"], rel=1e-5)
+    assert [t["iter"] for t in tests] == [0, 10]
+    for ours, caffe in zip(tests, traj["tests"]):
+        assert ours["scores"]["accuracy"] == pytest.approx(caffe["accuracy"], rel=1e-6)
+        assert ours["scores"]["loss"] == pytest.approx(caffe["loss"], rel=1e-5)
     losses = {e["iter"]: e["loss"] for e in events if e["type"] == "train"}
-    assert sorted(losses) == list(range(10))
+    assert sorted(losses) == list(range(12))
     for it, loss in losses.items():
         assert loss == pytest.approx(traj["losses"][str(it)], rel=1e-5), it
     ours, theirs = read_caffemodel("snap_iter_10.caffemodel"), read_caffemodel(g4 / "snap_iter_10.caffemodel")
