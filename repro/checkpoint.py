@@ -72,6 +72,13 @@ def rng_state() -> dict:
     return state
 
 
+def _caffe_rng_state(solver) -> dict | None:
+    rng = getattr(solver, "caffe_rng", None)
+    if rng is None:
+        return None
+    return {k: torch.from_numpy(v) if isinstance(v, np.ndarray) else v for k, v in rng.main.state_dict().items()}
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
@@ -201,6 +208,8 @@ def snapshot_solver(solver, prefix) -> dict[str, Path]:
         "weights": tensors_by_layer(solver.net.params),
         "history": tensors_by_layer(solver.history),
         "rng": rng_state(),
+        # a seeded CPU run's Caffe stream (dropout masks go on from where they were)
+        "caffe_rng": _caffe_rng_state(solver),
         "data": {"train": data_state(solver.net), "test": [data_state(n) for n in solver.test_nets]},
         # Caffe's smoothed-loss window (Solver::UpdateSmoothedLoss), so a resumed run logs the same losses
         "loss_window": {"losses": list(solver._losses), "smoothed": solver._smoothed_loss,
@@ -240,6 +249,9 @@ def restore_solver(solver, path) -> None:
     _copy_blobs(solver, state["history"], "the snapshot's history", solver.history, path)
     solver.iter, solver.lr = int(state["iter"]), state.get("lr")
     set_rng_state(state["rng"])
+    if state.get("caffe_rng") is not None and getattr(solver, "caffe_rng", None) is not None:
+        solver.caffe_rng.main.load_state_dict({k: v.numpy() if isinstance(v, torch.Tensor) else v
+                                               for k, v in state["caffe_rng"].items()})
     data = state.get("data", {})
     load_data_state(solver.net, data.get("train", {}))
     for net, s in zip(solver.test_nets, data.get("test", [])):

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import caffemodel
+from . import caffe_rng, caffemodel
 from .errors import ReproError
 from .layers import LayerError, build_layer, phase_name
 from .numerics import set_faithful
@@ -129,6 +129,7 @@ class Net(nn.Module):
     # ------------------------------------------------------------------------------------------ building
 
     def _build(self, input_shapes, generator):
+        self._caffe_seeds: dict[str, dict] = {}  # data layer -> its seeds drawn from Caffe's stream at set-up
         available: list[str] = []  # Caffe's available_blobs, in order
         consumers_allow: dict[str, bool] = {}
         for lp in self.net_param.layer:
@@ -144,6 +145,8 @@ class Net(nn.Module):
                 raise NetError(f"{self.source or self.name or '<net>'}: {e}") from None
             self.layers[module_key(name)] = layer
             self.layer_names.append(name)
+            if lp.type in ("Data", "ImageData") and caffe_rng.current() is not None:
+                self._caffe_seeds[name] = _data_layer_draws(lp, phase_name(lp.phase), caffe_rng.current())
             self.bottom_names[name] = list(lp.bottom)
             self.top_names[name] = list(lp.top)
             if layer.is_input:
@@ -332,7 +335,9 @@ class Net(nn.Module):
                                f"but the data layer feeder is unavailable ({e}); pass the tops "
                                f"{self.top_names[name]} to the net instead") from None
             base = self.data_root if self.data_root is not None else os.getcwd()
-            feeder = self._feeders[name] = DataLayerFeeder(layer.param, self.phase, base, device=self._device())
+            seeded = {"caffe_seeds": self._caffe_seeds[name]} if name in self._caffe_seeds else {}
+            feeder = self._feeders[name] = DataLayerFeeder(layer.param, self.phase, base, device=self._device(),
+                                                           **seeded)
         return feeder
 
     @staticmethod
@@ -406,3 +411,25 @@ class Net(nn.Module):
                                f"{tuple(value.shape)}, the net's layer has shape {tuple(blob.shape)}")
             with torch.no_grad():
                 blob.copy_(value)
+
+
+def _data_layer_draws(lp, phase: str, rng) -> dict:
+    """What a Data / ImageData layer's set-up draws from Caffe's generator, in Caffe's order: BaseDataLayer::
+    LayerSetUp's DataTransformer::InitRand (one draw when the transform is random), ImageDataLayer's shuffle seed
+    and rand_skip draw, BasePrefetchingDataLayer::LayerSetUp's second InitRand (the seed the transformer keeps)
+    and InternalThread::StartInternalThread's seed of the prefetch thread (drawn always)."""
+    tp = lp.transform_param
+    needs_rand = bool(tp.mirror) or (phase == "TRAIN" and tp.crop_size > 0)
+    out = {}
+    if needs_rand:
+        rng.rand()
+    if lp.type == "ImageData":
+        ip = lp.image_data_param
+        if ip.shuffle:
+            out["shuffle"] = rng.rand()
+        if ip.rand_skip:
+            out["skip"] = rng.rand() % ip.rand_skip
+    if needs_rand:
+        out["transform"] = rng.rand()
+    out["thread"] = rng.rand()
+    return out

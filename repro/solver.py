@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from . import caffe_rng
 from .numerics import resolve_device
 
 # The update itself lives in sgd.py; re-exported here for callers that know it as part of the solver.
@@ -128,20 +129,24 @@ class Solver:
         seed = int(self.param.random_seed)
         self.seed = seed if seed >= 0 else int.from_bytes(os.urandom(4), "little") & 0x7FFFFFFF
         _seed_everything(self.seed)
-        # Caffe: train_state / test_state select layers by level and stage (the phase is fixed per net)
-        ts = self.param.train_state
-        self.net = Net(self._train_source(), phase="TRAIN", level=ts.level, stages=tuple(ts.stage),
-                       data_root=self.data_root).to(self.device)
-        # Caffe: the solver's own `weights` fields (Solver::InitTrainNet), then `caffe train -weights`
-        for w in self.param.weights:
-            self.net.copy_from(resolve_path(w, self._dir, "weights"))
-        for w in _split_weights(weights):
-            self.net.copy_from(w)
-        states = list(self.param.test_state)
-        self.test_nets = [Net(src, phase="TEST", data_root=self.data_root,
-                              **({"level": states[i].level, "stages": tuple(states[i].stage)}
-                                 if i < len(states) else {})).to(self.device)
-                          for i, src in enumerate(self._test_sources())]
+        # A given random_seed on the CPU: Caffe's own generator (repro.caffe_rng), so fillers, data transformers
+        # and dropout masks draw Caffe's numbers in Caffe's order; on CUDA Caffe uses cuRAND: torch's streams.
+        self.caffe_rng = caffe_rng.CaffeRNG(seed) if seed >= 0 and self.device.type == "cpu" else None
+        with caffe_rng.active(self.caffe_rng):
+            # Caffe: train_state / test_state select layers by level and stage (the phase is fixed per net)
+            ts = self.param.train_state
+            self.net = Net(self._train_source(), phase="TRAIN", level=ts.level, stages=tuple(ts.stage),
+                           data_root=self.data_root).to(self.device)
+            # Caffe: the solver's own `weights` fields (Solver::InitTrainNet), then `caffe train -weights`
+            for w in self.param.weights:
+                self.net.copy_from(resolve_path(w, self._dir, "weights"))
+            for w in _split_weights(weights):
+                self.net.copy_from(w)
+            states = list(self.param.test_state)
+            self.test_nets = [Net(src, phase="TEST", data_root=self.data_root,
+                                  **({"level": states[i].level, "stages": tuple(states[i].stage)}
+                                     if i < len(states) else {})).to(self.device)
+                              for i, src in enumerate(self._test_sources())]
         self.test_feed = test_feed
         self.snapshot_prefix = self._snapshot_prefix()
         self.iter = 0
@@ -268,10 +273,11 @@ class Solver:
             w.grad = None
         n = self.param.iter_size
         total = None
-        for j in range(n):
-            loss = self.comm.forward_backward(self, _inputs(feed, self.iter * n + j), last=j == n - 1)
-            term = loss.detach().to(torch.float32)
-            total = term if total is None else total + term
+        with caffe_rng.active(self.caffe_rng):   # Dropout draws its masks from the run's Caffe stream, if any
+            for j in range(n):
+                loss = self.comm.forward_backward(self, _inputs(feed, self.iter * n + j), last=j == n - 1)
+                term = loss.detach().to(torch.float32)
+                total = term if total is None else total + term
         return total / n
 
     def train_iteration(self, feed=None) -> torch.Tensor:

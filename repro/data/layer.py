@@ -61,7 +61,8 @@ class DataLayerFeeder(CursorState):
     """Feeds one Data / ImageData layer. `next_batch()` -> {top name: torch.Tensor}."""
 
     def __init__(self, layer_param, phase: str, base_dir: str | os.PathLike | None = None, *,
-                 seed: int | None = None, device: str | torch.device = "cpu", num_workers: int = 2):
+                 seed: int | None = None, device: str | torch.device = "cpu", num_workers: int = 2,
+                 caffe_seeds: dict | None = None):
         self.name, self.type = layer_param.name, layer_param.type
         self.tops = list(layer_param.top)
         if phase not in ("TRAIN", "TEST"):
@@ -77,7 +78,11 @@ class DataLayerFeeder(CursorState):
             tp = layer_param.transform_param
             spec = TransformSpec.from_param(
                 tp, resolve=lambda m: resolve_path(m, base_dir, "transform_param.mean_file", self.name))
-            self.transformer = Transformer(spec, phase, seed=_derive(self.seed, 0), device=self.device)
+            # caffe_seeds: what this layer drew from Caffe's generator at set-up in a seeded run (repro.net), so
+            # crops and mirrors are Caffe's; otherwise a stream derived from `seed`.
+            cs = caffe_seeds or {}
+            tseed = cs["transform"] if "transform" in cs else _derive(self.seed, 0)
+            self.transformer = Transformer(spec, phase, seed=tseed, device=self.device)
             self.transformer._check(*source.item_shape)
         except ValueError as e:
             if isinstance(e, DataLayerError):
@@ -88,6 +93,8 @@ class DataLayerFeeder(CursorState):
         self.batch_size, self.source = batch_size, source
         # Caffe: skip `caffe_rng_rand() % rand_skip` records once, at setup
         self.skip = int(CaffeRand(_derive(self.seed, 2)).raw(1)[0] % rand_skip) if rand_skip else 0
+        if "skip" in cs:
+            self.skip = int(cs["skip"])
         self._pf = Prefetcher(source, batch_size, self.skip, depth=prefetch, workers=num_workers,
                               pin=_pin_default(self.device))
 

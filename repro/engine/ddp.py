@@ -137,6 +137,11 @@ class DataParallel:
     def reseed(self, solver) -> None:
         """Give this rank its own dropout stream (after the Solver's global seeding or a restore)."""
         torch.manual_seed(rank_seed(solver.seed, self.rank, solver.iter))
+        if getattr(solver, "caffe_rng", None) is not None:
+            # a seeded CPU run's Caffe stream: one per rank too (Caffe seeds each solver with random_seed + rank)
+            from ..caffe_rng import CaffeRNG
+
+            solver.caffe_rng = CaffeRNG(rank_seed(solver.seed, self.rank, solver.iter))
 
 
 # ---------------------------------------------------------------------------------------------- building

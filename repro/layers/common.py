@@ -1,9 +1,11 @@
 """InnerProduct, Dropout and the element-wise neuron layers (ReLU, Sigmoid, TanH, AbsVal, Power)."""
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .. import caffe_rng
 from .base import CaffeLayer, canonical_axis, count, register
 
 
@@ -61,6 +63,14 @@ class Dropout(CaffeLayer):
 
     def forward(self, x):
         if self.phase == "TRAIN" and self.training and self.ratio > 0:
+            rng = caffe_rng.current()
+            if rng is not None and x.device.type == "cpu":
+                # A seeded CPU run: Caffe's DropoutLayer::Forward_cpu draws its uint mask with
+                # caffe_rng_bernoulli(count, 1. - threshold_) -- a double p -- and multiplies by the float scale_.
+                ratio = np.float32(self.ratio)
+                mask = rng.main.bernoulli(x.numel(), 1.0 - float(ratio), real=np.float64)
+                scale = np.float32(1.0 / (1.0 - float(ratio)))
+                return (x * torch.from_numpy(mask.astype(np.float32)).reshape(x.shape) * float(scale),)
             # F.dropout keeps with probability 1 - p and multiplies by 1 / (1 - p), Caffe's scale_.
             return (F.dropout(x, self.ratio, training=True),)
         return (x,)
