@@ -18,6 +18,7 @@ that seeds torch with its `random_seed` makes the data reproducible too.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -50,6 +51,31 @@ def resolve_path(value: str, base_dir: str | os.PathLike | None, what: str, laye
                 return t
     where = f"layer {layer!r}: " if layer else ""
     raise DataLayerError(f"{where}{what} {value!r} not found (looked at {', '.join(map(str, tried))})")
+
+
+SORTED_CHECK = 4096  # labels looked at by warn_if_sorted
+
+
+def label_runs_sorted(labels) -> bool:
+    """True when `labels` come in long runs of one class (a class-sorted list, e.g. convert_imageset --folder
+    without shuffling): fewer than one label change per 4 records. A shuffled list of K >= 2 classes changes
+    label about every K/(K-1) records, so this only fires on sorted or nearly sorted data."""
+    labels = np.asarray(labels)
+    if len(labels) < 32 or len(np.unique(labels)) < 2:
+        return False
+    runs = 1 + int(np.count_nonzero(np.diff(labels)))
+    return runs * 4 <= len(labels)
+
+
+def warn_if_sorted(labels, what: str):
+    """Caffe's DataLayer reads records in order: a TRAIN source sorted by label trains on one class per batch
+    for thousands of iterations. Warn once (per source) instead of silently wasting the run."""
+    if label_runs_sorted(labels):
+        n = len(labels)
+        runs = 1 + int(np.count_nonzero(np.diff(np.asarray(labels))))
+        warnings.warn(f"{what}: training records are sorted by label ({runs} label runs in the first {n}); "
+                      "every batch would hold one class. Rebuild it shuffled (convert_imageset shuffles by "
+                      "default; prepare_imagenet writes shuffled index lists)", stacklevel=4)
 
 
 def _derive(seed: int, stream: int) -> int:
@@ -98,6 +124,8 @@ class DataLayerFeeder(CursorState):
             if is_store(path):
                 store = Store(path)
                 source = StoreSource(store, Order(len(store)))
+                if self.phase == "TRAIN":
+                    warn_if_sorted(store.labels[:SORTED_CHECK], f"layer {self.name!r}: data_param.source {path}")
             elif db_kind(path):
                 tp = lp.transform_param
                 source = DatumDBSource(DatumDB(path), tp.force_color, tp.force_gray)
