@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..progress import Progress
 from . import image
 from .caffedb import DatumDB, DBWriter, datum_bytes, datum_key, db_kind, parse_datum
 from .checks import BadFile, DataError, apply_policy, check_policy, format_report
@@ -101,7 +102,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
     work = Path(f"{out}.partial")
     job = _job_id(entries, root, height, width, color)
     load = _loader(root, height, width, color)
-    workers = num_workers or min(8, os.cpu_count() or 1)
+    workers = num_workers or (os.cpu_count() or 1)  # decoding is GIL-free (libjpeg / OpenCV): every core
     say = log or (lambda msg: None)
 
     progress = _read_progress(work)
@@ -149,6 +150,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
         start = progress["next"]
         if start:
             say(f"resuming at image {start} of {len(entries)}")
+        bar = Progress(f"converting {source or root}", len(entries), say, done=start)
         for s in range(start, len(entries), CHUNK):
             idx = range(s, min(s + CHUNK, len(entries)))
             for i, res in zip(idx, pool.map(load, [entries[i] for i in idx])):
@@ -156,8 +158,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
             mm.flush()
             progress["next"] = idx[-1] + 1
             _write_progress(work, progress)
-            if (s // CHUNK) % 40 == 0:
-                say(f"processed {progress['next']} of {len(entries)} images ({len(bad)} bad)")
+            bar.update(progress["next"])
         mm.flush()
         del mm
         _write_progress(work, progress)

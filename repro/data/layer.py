@@ -4,7 +4,8 @@
 is run without inputs. The feeder:
 
 * finds the source by looking at the path (`data_param.backend` is not trusted): an LMDB folder
-  (`data.mdb`), a LevelDB folder (`CURRENT`), or our store (`manifest.json`); for ImageData, a list file
+  (`data.mdb`), a LevelDB folder (`CURRENT`), our store (`manifest.json`), or an index list (a small JSON
+  file naming a store and the rows of one dataset, written by tools/prepare_imagenet.py); for ImageData, a list file
   plus `root_folder`, squashed to `new_height`×`new_width` when set, gray when `is_color: false`;
 * resolves a relative source, mean_file and root_folder against the working directory first, then `base_dir`;
 * reads sequentially and wraps around (Caffe's cursor; DataLayer::Next), starting after `rand_skip`'s random
@@ -29,7 +30,7 @@ from ..errors import ReproError
 from .caffedb import DatumDB, db_kind
 from .loader import CursorState, DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, _pin_default
 from .sources import read_list
-from .store import Store, is_store
+from .store import Store, is_index, is_store, open_index
 from .transform import CaffeRand, Transformer, TransformSpec
 
 
@@ -121,8 +122,8 @@ class DataLayerFeeder(CursorState):
         if self.type == "Data":
             dp = lp.data_param
             path = resolve_path(dp.source, self.base_dir, "data_param.source", self.name)
-            if is_store(path):
-                store = Store(path)
+            if is_store(path) or is_index(path):
+                store = Store(path) if is_store(path) else open_index(path)
                 source = StoreSource(store, Order(len(store)))
                 if self.phase == "TRAIN":
                     warn_if_sorted(store.labels[:SORTED_CHECK], f"layer {self.name!r}: data_param.source {path}")
@@ -131,7 +132,8 @@ class DataLayerFeeder(CursorState):
                 source = DatumDBSource(DatumDB(path), tp.force_color, tp.force_gray)
             else:
                 raise DataLayerError(f"layer {self.name!r}: data_param.source {str(path)!r} is neither an LMDB "
-                                     "folder (data.mdb), a LevelDB folder (CURRENT) nor a store (manifest.json)")
+                                     "folder (data.mdb), a LevelDB folder (CURRENT), a store (manifest.json) nor an "
+                                     "index list (prepare_imagenet)")
             return source, int(dp.batch_size), int(dp.rand_skip), max(1, int(dp.prefetch))
         if self.type == "ImageData":
             ip = lp.image_data_param
