@@ -53,6 +53,13 @@ def disk_need(n_train: int, n_val: int, n_datasets: int) -> int:
     return images + lists + means + index
 
 
+def _size(n: int) -> str:
+    for unit, f in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6)):
+        if n >= f:
+            return f"{n / f:.1f} {unit}"
+    return f"{n / 1e3:.1f} kB"
+
+
 def _seed(base: int, name: str) -> int:
     return (int(base) * 1000003 + zlib.crc32(name.encode())) % (2 ** 32)
 
@@ -93,7 +100,7 @@ def prepare(train_dir, val_dir, val_labels, out, *, synsets=None, seed: int = 0,
     tr_sets, va_sets = datasets(k, val=False), datasets(k, val=True)
     need = disk_need(len(train_entries), len(val_entries), len(tr_sets))
     log(f"prepare_imagenet: {len(train_entries)} training + {len(val_entries)} validation images of {k} classes; "
-        f"decoding each once; {len(tr_sets)} datasets; needs about {need / 1e9:.1f} GB in {out}")
+        f"decoding each once; {len(tr_sets)} datasets; needs about {_size(need)} of disk in {out}")
     out.mkdir(parents=True, exist_ok=True)
     kw = dict(height=HEIGHT, width=WIDTH, on_error=on_error, num_workers=workers, log=log)
     for name, entries, root, src in (("train", train_entries, train_dir, str(train_dir)),

@@ -349,9 +349,9 @@ def ensure_data(study: Study, paths) -> None:
             ensure_builtin_path(p)
         missing = [p for p in paths if not Path(p).exists()]
     if missing:
-        raise StudyError("missing data: " + ", ".join(map(str, missing)) + ". Build the datasets with "
-                         "tools/make_splits.py and a store/LMDB per split (README, 'The paper's data'), or use the "
-                         "built-in data (--builtin)")
+        raise StudyError("missing data: " + ", ".join(map(str, missing)) + ". Prepare them with "
+                         "tools/prepare_imagenet.py --out <root>/data (README, section 'ImageNet'), or use the "
+                         "built-in data (train_base --net small, run_grid --study builtin)")
 
 
 def find_weights(run_dir) -> Path | None:
