@@ -1,5 +1,6 @@
 """The README's ImageNet commands, read from the README and run as a new user would, on a generated
 ILSVRC-shaped tree: prepare_imagenet -> train_base (CaffeNet, one iteration on CPU) -> run_grid's plan."""
+import json
 import os
 import re
 import shlex
@@ -9,6 +10,8 @@ import sys
 import pytest
 from conftest import REPO
 from test_prepare_imagenet import make_tree
+
+from repro.data.store import open_index
 
 
 def _imagenet_commands():
@@ -46,3 +49,16 @@ def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
     plan = _run(["python", "tools/run_grid.py", "--study", "imagenet", "--root", "DIR", "--runs", "runs",
                  "--dry-run"], tmp_path)
     assert re.search(r"done\s+half0A\s+base", plan) and re.search(r"new\s+half0B\s+base", plan)
+
+    # classify a validation image with the trained base net: Caffe's TEST preprocessing, the half's global classes
+    img = str(tree / "val" / "ILSVRC2012_val_00000000.JPEG")
+    classes = json.loads((tmp_path / "DIR" / "data" / "prepare.json").read_text())["classes"]
+    half = open_index(tmp_path / "DIR" / "data" / "half0A_train_lmdb").classes
+    for weights, model in (("runs/half0A/final.caffemodel", ["--model", "prototxt/caffenet/deploy.prototxt"]),
+                           ("runs/half0A/final.onnx", [])):
+        out = _run(["python", "tools/classify.py", *model, "--weights", weights, "--mean",
+                    "DIR/data/half0A_mean.binaryproto", "--dataset", "DIR/data/half0A_train_lmdb", img], tmp_path)
+        lines = out.strip().splitlines()
+        assert lines[0] == img and len(lines) == 1 + len(half)          # a half of 6 classes: its 3 classes
+        named = [ln.split()[1] for ln in lines[1:]]
+        assert sorted(named) == sorted(half) and set(half) < set(classes)
