@@ -68,6 +68,16 @@ def load_images(paths, t: Transformer) -> np.ndarray:
     return np.stack([t.preprocess("data", read_image(p, SQUASH, SQUASH)) for p in paths])
 
 
+def mean_from_meta(text: str) -> np.ndarray:
+    """An ONNX export's `mean` metadata (repro.onnx.io.preprocess_meta): a mean image or per-channel values."""
+    import base64
+
+    m = json.loads(text)
+    if isinstance(m, dict):
+        return np.frombuffer(base64.b64decode(m["float32_base64"]), np.float32).reshape(m["shape"])
+    return np.asarray(m, np.float32)
+
+
 class Model:
     """Scores for a batch, from a prototxt + .caffemodel/.pt, or an .onnx file (onnxruntime)."""
 
@@ -115,7 +125,7 @@ def classify(model, images, *, weights=None, mean=None, dataset=None, top: int =
     m = Model(model, weights)
     meta = m.meta
     if mean is None and "mean" in meta:
-        mean = np.asarray(json.loads(meta["mean"]), np.float32)
+        mean = mean_from_meta(meta["mean"])
     elif isinstance(mean, (str, os.PathLike)):
         from .caffemodel import read_mean
 

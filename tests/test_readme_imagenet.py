@@ -62,3 +62,6 @@ def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
         assert lines[0] == img and len(lines) == 1 + len(half)          # a half of 6 classes: its 3 classes
         named = [ln.split()[1] for ln in lines[1:]]
         assert sorted(named) == sorted(half) and set(half) < set(classes)
+    # the ONNX file carries mean, crop, channel order and labels: classify needs nothing else
+    alone = _run(["python", "tools/classify.py", "--weights", "runs/half0A/final.onnx", img], tmp_path)
+    assert alone == out
