@@ -87,11 +87,11 @@ def test_prepare_resumes_after_a_kill_with_the_same_output(tmp_path, monkeypatch
     _run(tree, tmp_path / "clean")
     real, calls = prep.compute_mean, []
 
-    def dies(view):
+    def dies(view, log=None):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt  # killed while writing the means
-        return real(view)
+        return real(view, log=log)
 
     monkeypatch.setattr(prep, "compute_mean", dies)
     with pytest.raises(KeyboardInterrupt):

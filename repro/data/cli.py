@@ -90,7 +90,7 @@ def compute_image_mean_main(argv=None) -> int:
     from .convert import compute_image_mean
 
     try:
-        mean = compute_image_mean(args.input, args.output)
+        mean = compute_image_mean(args.input, args.output, log=_log)
     except (ValueError, FileNotFoundError) as e:
         _log(f"compute_image_mean: {e}")
         return 1

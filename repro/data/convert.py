@@ -298,12 +298,12 @@ def convert_db_to_store(db_path: str | os.PathLike, out: str | os.PathLike, *, l
     return out
 
 
-def compute_image_mean(source: str | os.PathLike, out: str | os.PathLike | None = None) -> np.ndarray:
+def compute_image_mean(source: str | os.PathLike, out: str | os.PathLike | None = None, log=None) -> np.ndarray:
     """compute_image_mean over a store or a Caffe LMDB/LevelDB; writes a Caffe binaryproto (1×C×H×W) to
     `out` when given. Returns the (C, H, W) float32 mean."""
     source = Path(source)
     if is_store(source):
-        mean = compute_mean(Store(source))
+        mean = compute_mean(Store(source), log=log)
     elif db_kind(source):
         with DatumDB(source) as db:
             # Caffe's tool decodes encoded Datums natively and sums data (uint8) in float

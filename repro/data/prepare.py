@@ -138,7 +138,7 @@ def prepare(train_dir, val_dir, val_labels, out, *, synsets=None, seed: int = 0,
             continue
         from ..caffemodel import write_mean
 
-        write_mean(mean, compute_mean(open_index(out / f"{ds.name}_train_lmdb")))
+        write_mean(mean, compute_mean(open_index(out / f"{ds.name}_train_lmdb"), log=log))
         log(f"wrote {mean}")
     summary = {"classes": list(classes), "train": len(train), "val": len(val), "seed": seed, "shuffle": shuffle,
                "datasets": [ds.name for ds in tr_sets], "decoder": decoder_name(),

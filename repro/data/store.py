@@ -175,19 +175,24 @@ class Store:
         return f"Store({str(self.path)!r}, {len(self)} images {c}×{h}×{w})"
 
 
-def compute_mean(images) -> np.ndarray:
+def compute_mean(images, log=None) -> np.ndarray:
     """Caffe's `compute_image_mean`: per-pixel sum accumulated image by image in float32 (the BlobProto's
     float field), then divided by the count in float32 — the same rounding, so bit-identical even past 2^24.
 
-    `images`: a Store, or an iterable of C×H×W uint8 arrays."""
+    `images`: a Store, or an iterable of C×H×W uint8 arrays. `log`: where a progress line (rate, ETA) goes."""
     if isinstance(images, Store):
+        from ..progress import Progress
+
         store = images
         acc = np.zeros(store.shape, np.float32)
         step = 256
+        bar = Progress(f"mean of {store.path}", len(store), log)
         for s in range(0, len(store), step):
+            bar.update(s)
             batch, _ = store.read(np.arange(s, min(s + step, len(store))))
             for img in batch:
                 np.add(acc, img, out=acc, dtype=np.float32)
+        bar.update(len(store))
         n = len(store)
     else:
         acc, n = None, 0
