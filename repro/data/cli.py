@@ -32,8 +32,12 @@ def convert_imageset_main(argv=None) -> int:
     ap.add_argument("--backend", choices=("store", "lmdb", "leveldb"), default="store")
     ap.add_argument("--resize_height", type=int, default=0)
     ap.add_argument("--resize_width", type=int, default=0)
-    ap.add_argument("--shuffle", action="store_true", help="shuffle the list once (reproducible with --seed)")
-    ap.add_argument("--seed", type=int, default=0)
+    # Shuffled by default: a class-sorted store (what --folder lists give) would feed one class per batch for
+    # thousands of iterations. Caffe's --shuffle is still accepted; --no-shuffle keeps the list order.
+    ap.add_argument("--shuffle", action=argparse.BooleanOptionalAction, default=True,
+                    help="shuffle the list once with --seed, recorded in the store's manifest (default); "
+                         "--no-shuffle keeps the list order")
+    ap.add_argument("--seed", type=int, default=0, help="seed of the shuffle (default 0)")
     ap.add_argument("--gray", action="store_true", help="decode as grayscale (one channel)")
     ap.add_argument("--check_size", action="store_true", help="LMDB/LevelDB: every image the size of the first")
     ap.add_argument("--num_classes", type=int, default=None, help="labels must lie in 0..num_classes-1")
@@ -88,7 +92,7 @@ def compute_image_mean_main(argv=None) -> int:
     from .convert import compute_image_mean
 
     try:
-        mean = compute_image_mean(args.input, args.output)
+        mean = compute_image_mean(args.input, args.output, log=_log)
     except (ValueError, FileNotFoundError) as e:
         _log(f"compute_image_mean: {e}")
         return 1

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 
+from ..progress import Progress
 from . import image
 from .caffedb import DatumDB, DBWriter, datum_bytes, datum_key, db_kind, parse_datum
 from .checks import BadFile, DataError, apply_policy, check_policy, format_report
@@ -102,7 +103,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
     work = Path(f"{out}.partial")
     job = _job_id(entries, root, height, width, color)
     load = _loader(root, height, width, color)
-    workers = num_workers or min(8, os.cpu_count() or 1)
+    workers = num_workers or (os.cpu_count() or 1)  # decoding is GIL-free (libjpeg / OpenCV): every core
     say = log or (lambda msg: None)
 
     progress = _read_progress(work)
@@ -150,6 +151,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
         start = progress["next"]
         if start:
             say(f"resuming at image {start} of {len(entries)}")
+        bar = Progress(f"converting {source or root}", len(entries), say, done=start)
         for s in range(start, len(entries), CHUNK):
             idx = range(s, min(s + CHUNK, len(entries)))
             for i, res in zip(idx, pool.map(load, [entries[i] for i in idx])):
@@ -157,8 +159,7 @@ def convert_to_store(entries: Sequence[Entry], root: str | os.PathLike, out: str
             mm.flush()
             progress["next"] = idx[-1] + 1
             _write_progress(work, progress)
-            if (s // CHUNK) % 40 == 0:
-                say(f"processed {progress['next']} of {len(entries)} images ({len(bad)} bad)")
+            bar.update(progress["next"])
         mm.flush()
         del mm
         _write_progress(work, progress)
@@ -303,12 +304,12 @@ def convert_db_to_store(db_path: str | os.PathLike, out: str | os.PathLike, *, l
     return out
 
 
-def compute_image_mean(source: str | os.PathLike, out: str | os.PathLike | None = None) -> np.ndarray:
+def compute_image_mean(source: str | os.PathLike, out: str | os.PathLike | None = None, log=None) -> np.ndarray:
     """compute_image_mean over a store or a Caffe LMDB/LevelDB; writes a Caffe binaryproto (1×C×H×W) to
     `out` when given. Returns the (C, H, W) float32 mean."""
     source = Path(source)
     if is_store(source):
-        mean = compute_mean(Store(source))
+        mean = compute_mean(Store(source), log=log)
     elif db_kind(source):
         with DatumDB(source) as db:
             # Caffe's tool decodes encoded Datums natively and sums data (uint8) in float

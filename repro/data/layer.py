@@ -4,7 +4,8 @@
 is run without inputs. The feeder:
 
 * finds the source by looking at the path (`data_param.backend` is not trusted): an LMDB folder
-  (`data.mdb`), a LevelDB folder (`CURRENT`), or our store (`manifest.json`); for ImageData, a list file
+  (`data.mdb`), a LevelDB folder (`CURRENT`), our store (`manifest.json`), or an index list (a small JSON
+  file naming a store and the rows of one dataset, written by tools/prepare_imagenet.py); for ImageData, a list file
   plus `root_folder`, squashed to `new_height`×`new_width` when set, gray when `is_color: false`;
 * resolves a relative source, mean_file and root_folder against the working directory first, then `base_dir`;
 * reads sequentially and wraps around (Caffe's cursor; DataLayer::Next), starting after `rand_skip`'s random
@@ -18,6 +19,7 @@ that seeds torch with its `random_seed` makes the data reproducible too.
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -28,7 +30,7 @@ from ..errors import ReproError
 from .caffedb import DatumDB, db_kind
 from .loader import CursorState, DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, _pin_default
 from .sources import read_list
-from .store import Store, is_store
+from .store import Store, is_index, is_store, open_index
 from .transform import CaffeRand, Transformer, TransformSpec
 
 
@@ -50,6 +52,31 @@ def resolve_path(value: str, base_dir: str | os.PathLike | None, what: str, laye
                 return t
     where = f"layer {layer!r}: " if layer else ""
     raise DataLayerError(f"{where}{what} {value!r} not found (looked at {', '.join(map(str, tried))})")
+
+
+SORTED_CHECK = 4096  # labels looked at by warn_if_sorted
+
+
+def label_runs_sorted(labels) -> bool:
+    """True when `labels` come in long runs of one class (a class-sorted list, e.g. convert_imageset --folder
+    without shuffling): fewer than one label change per 4 records. A shuffled list of K >= 2 classes changes
+    label about every K/(K-1) records, so this only fires on sorted or nearly sorted data."""
+    labels = np.asarray(labels)
+    if len(labels) < 32 or len(np.unique(labels)) < 2:
+        return False
+    runs = 1 + int(np.count_nonzero(np.diff(labels)))
+    return runs * 4 <= len(labels)
+
+
+def warn_if_sorted(labels, what: str):
+    """Caffe's DataLayer reads records in order: a TRAIN source sorted by label trains on one class per batch
+    for thousands of iterations. Warn once (per source) instead of silently wasting the run."""
+    if label_runs_sorted(labels):
+        n = len(labels)
+        runs = 1 + int(np.count_nonzero(np.diff(np.asarray(labels))))
+        warnings.warn(f"{what}: training records are sorted by label ({runs} label runs in the first {n}); "
+                      "every batch would hold one class. Rebuild it shuffled (convert_imageset shuffles by "
+                      "default; prepare_imagenet writes shuffled index lists)", stacklevel=4)
 
 
 def _derive(seed: int, stream: int) -> int:
@@ -102,15 +129,18 @@ class DataLayerFeeder(CursorState):
         if self.type == "Data":
             dp = lp.data_param
             path = resolve_path(dp.source, self.base_dir, "data_param.source", self.name)
-            if is_store(path):
-                store = Store(path)
+            if is_store(path) or is_index(path):
+                store = Store(path) if is_store(path) else open_index(path)
                 source = StoreSource(store, Order(len(store)))
+                if self.phase == "TRAIN":
+                    warn_if_sorted(store.labels[:SORTED_CHECK], f"layer {self.name!r}: data_param.source {path}")
             elif db_kind(path):
                 tp = lp.transform_param
                 source = DatumDBSource(DatumDB(path), tp.force_color, tp.force_gray)
             else:
                 raise DataLayerError(f"layer {self.name!r}: data_param.source {str(path)!r} is neither an LMDB "
-                                     "folder (data.mdb), a LevelDB folder (CURRENT) nor a store (manifest.json)")
+                                     "folder (data.mdb), a LevelDB folder (CURRENT), a store (manifest.json) nor an "
+                                     "index list (prepare_imagenet)")
             return source, int(dp.batch_size), int(dp.rand_skip), max(1, int(dp.prefetch))
         if self.type == "ImageData":
             ip = lp.image_data_param

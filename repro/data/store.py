@@ -175,19 +175,24 @@ class Store:
         return f"Store({str(self.path)!r}, {len(self)} images {c}×{h}×{w})"
 
 
-def compute_mean(images) -> np.ndarray:
+def compute_mean(images, log=None) -> np.ndarray:
     """Caffe's `compute_image_mean`: per-pixel sum accumulated image by image in float32 (the BlobProto's
     float field), then divided by the count in float32 — the same rounding, so bit-identical even past 2^24.
 
-    `images`: a Store, or an iterable of C×H×W uint8 arrays."""
+    `images`: a Store, or an iterable of C×H×W uint8 arrays. `log`: where a progress line (rate, ETA) goes."""
     if isinstance(images, Store):
+        from ..progress import Progress
+
         store = images
         acc = np.zeros(store.shape, np.float32)
         step = 256
+        bar = Progress(f"mean of {store.path}", len(store), log)
         for s in range(0, len(store), step):
+            bar.update(s)
             batch, _ = store.read(np.arange(s, min(s + step, len(store))))
             for img in batch:
                 np.add(acc, img, out=acc, dtype=np.float32)
+        bar.update(len(store))
         n = len(store)
     else:
         acc, n = None, 0
@@ -202,3 +207,55 @@ def compute_mean(images) -> np.ndarray:
     if not n:
         raise ValueError("no images to average")
     return (acc / np.float32(n)).astype(np.float32)
+
+
+# -- index lists: a dataset as (store, rows) ----------------------------------------------------------------------
+# One store per image set (ILSVRC train, val) holds every image once; each dataset of the study is a small JSON
+# file naming that store and the rows it reads, in its (shuffled) order, with its labels. A Data layer whose
+# `source` is such a file reads exactly what a store of those images would hold, without a second copy.
+INDEX_FORMAT, INDEX_VERSION = "repro-index", 1
+
+
+def is_index(path: str | os.PathLike) -> bool:
+    p = Path(path)
+    if not p.is_file() or p.stat().st_size < 2:
+        return False
+    with open(p, "rb") as f:
+        head = f.read(200)
+    return head.lstrip().startswith(b"{") and INDEX_FORMAT.encode() in head
+
+
+def write_index(path: str | os.PathLike, store: str | os.PathLike, rows: Sequence[int], labels: Sequence[int], *,
+                classes: Sequence[str] | None = None, **info):
+    """Write an index list atomically; `store` is recorded relative to the index file's folder when it can be,
+    so the data folder can move as a whole."""
+    path, store = Path(path), Path(store)
+    try:
+        ref = os.path.relpath(store.resolve(), path.parent.resolve())
+    except ValueError:  # another drive (Windows)
+        ref = str(store.resolve())
+    body = {"format": INDEX_FORMAT, "version": INDEX_VERSION, "store": ref, "count": len(rows),
+            "classes": list(classes) if classes is not None else None, **info,
+            "rows": [int(r) for r in rows], "labels": [int(lab) for lab in labels]}
+    # format first so is_index sees it in the first bytes
+    atomic_write_text(path, json.dumps(body, separators=(",", ":")) + "\n")
+
+
+def open_index(path: str | os.PathLike) -> Store:
+    """The Store view an index list names (rows of its store, in order, with its labels)."""
+    path = Path(path)
+    try:
+        m = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise StoreError(f"{path}: not a valid index list ({e})") from None
+    if m.get("format") != INDEX_FORMAT or m.get("version") != INDEX_VERSION:
+        raise StoreError(f"{path}: format {m.get('format')!r} v{m.get('version')}, expected {INDEX_FORMAT!r} "
+                         f"v{INDEX_VERSION}")
+    store = Store(path.parent / m["store"])
+    rows = np.asarray(m["rows"], np.int64)
+    labels = np.asarray(m["labels"], np.int64)
+    if rows.shape != labels.shape or len(rows) != m.get("count", len(rows)):
+        raise StoreError(f"{path}: {len(rows)} rows, {len(labels)} labels, count {m.get('count')}")
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(store)):
+        raise StoreError(f"{path}: rows outside 0..{len(store) - 1} of the store {store.path}")
+    return store._view(rows, labels, m.get("classes"))

@@ -37,7 +37,51 @@ __all__ = ["export_onnx", "check_onnx", "read_onnx_weights", "net_from_onnx", "o
 
 # Metadata keys a run can fill in (docs/ONNX.md); values are stored as strings.
 META_KEYS = ("source_prototxt", "weights", "iteration", "split", "half", "kind", "n", "test_accuracy", "cell",
-             "source_half", "test_top1_best10_mean")
+             "source_half", "test_top1_best10_mean", "channel_order", "resize", "crop", "mean", "labels")
+
+
+def preprocess_meta(prototxt) -> dict:
+    """What a user of the exported net must do to an image (tools/classify.py reads it): the TEST Data layer's
+    transform (Caffe's DataTransformer) as metadata: channel_order BGR, resize 256 (the store's squash size),
+    crop, mean (the mean image as float32 base64, or per-channel values) and labels (the dataset's classes,
+    when its source is a prepare_imagenet index list). Empty when the prototxt has no readable Data layer."""
+    import base64
+
+    from ..caffemodel import read_mean
+    from ..data.store import Store, is_index, is_store, open_index
+    from ..prototxt import filter_net, read_net
+
+    try:
+        layers = [lp for lp in filter_net(read_net(prototxt), "TEST").layer if lp.type == "Data"]
+    except (ValueError, OSError):
+        return {}
+    if not layers:
+        return {}
+    lp, base = layers[0], Path(prototxt).parent
+    tp, out = lp.transform_param, {"channel_order": "BGR"}
+
+    def find(name):
+        for c in (Path(name), Path.cwd() / name, base / name):
+            if c.exists():
+                return c
+        return None
+
+    src = find(lp.data_param.source) if lp.data_param.source else None
+    if src is not None and (is_index(src) or is_store(src)):
+        view = open_index(src) if is_index(src) else Store(src)
+        out["resize"] = json.dumps(list(view.shape[1:]))
+        if view.classes:
+            out["labels"] = json.dumps(list(view.classes))
+    if tp.crop_size:
+        out["crop"] = str(int(tp.crop_size))
+    mean_file = find(tp.mean_file) if tp.mean_file else None
+    if mean_file is not None:
+        m = np.asarray(read_mean(mean_file), np.float32)
+        m = m.reshape(m.shape[-3:])
+        out["mean"] = json.dumps({"shape": list(m.shape), "float32_base64": base64.b64encode(m.tobytes()).decode()})
+    elif tp.mean_value:
+        out["mean"] = json.dumps([float(v) for v in tp.mean_value])
+    return out
 
 
 @dataclass
@@ -232,6 +276,8 @@ def export_onnx(source, out_path, *, weights=None, input_shape=None, metadata=No
     import onnx
 
     net, test_param, meta = source_net(source, weights, input_shape)
+    if meta.get("source_prototxt"):
+        meta.update(preprocess_meta(meta["source_prototxt"]))
     meta.update({k: v for k, v in (metadata or {}).items() if v is not None})
     blobs = net_weights(net)
     model = caffe_to_onnx(test_param, blobs, input_shape=input_shape, metadata=meta)

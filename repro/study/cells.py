@@ -327,9 +327,9 @@ def ensure_data(study: Study, paths) -> None:
             ensure_builtin_path(p)
         missing = [p for p in paths if not Path(p).exists()]
     if missing:
-        raise StudyError("missing data: " + ", ".join(map(str, missing)) + ". Build the datasets with "
-                         "tools/make_splits.py and a store per split (README, 'The paper's data'), point --data "
-                         "at the folder that holds data/, or use the built-in data (--net small)")
+        raise StudyError("missing data: " + ", ".join(map(str, missing)) + ". Prepare them with "
+                         "tools/prepare_imagenet.py --out <root>/data (README, section 'ImageNet') and point "
+                         "--data at <root>, or use the built-in data (--net small)")
 
 
 def find_weights(run_dir) -> Path | None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -213,6 +214,20 @@ def write_dataset(entries: Sequence[tuple[str, int]], ds: Dataset, out_dir: str 
     return folder
 
 
+def check_class_count(num_classes: int):
+    """The paper's splits assume ILSVRC-2012's 1000 classes: an odd count gives uneven halves (refused), any
+    other count gives datasets that are not the paper's (warned once, so a small trial copy still works)."""
+    if num_classes < 2:
+        raise SplitError(f"the study needs at least 2 classes, got num_classes={num_classes}")
+    if num_classes % 2:
+        raise SplitError(f"num_classes={num_classes} is odd: half A and half B would differ in size "
+                         f"({num_classes // 2} vs {num_classes - num_classes // 2}); use an even class count")
+    if num_classes != resources.NUM_CLASSES:
+        warnings.warn(f"num_classes={num_classes}: the paper's splits are over ILSVRC-2012's "
+                      f"{resources.NUM_CLASSES} classes; these halves and reduced sets are not the paper's",
+                      stacklevel=3)
+
+
 def make_splits(source: str | os.PathLike | Sequence[tuple[str, int]], out_dir: str | os.PathLike, *,
                 num_classes: int = resources.NUM_CLASSES,
                 seeds: Iterable[int] = resources.SPLIT_SEEDS,
@@ -224,6 +239,7 @@ def make_splits(source: str | os.PathLike | Sequence[tuple[str, int]], out_dir: 
     or a sequence of (name, label). Returns {dataset name: its folder}. Pass `per_class=()` for validation lists
     (the paper reduced only training sets) and `partition=None` to skip the natural/man-made halves.
     """
+    check_class_count(num_classes)
     if isinstance(source, (str, os.PathLike)):
         entries = (list_image_folder(source) if Path(source).is_dir()
                    else read_file_list(source, num_classes))
