@@ -77,7 +77,8 @@ QUICK_VARIANTS = "base_fp32,frozen5_fp32,base_fast"
 
 
 def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int):
-    """A synthetic store of `images` images and `jpegs` JPEG files of the same images (the baseline's)."""
+    """A synthetic store of `images` images and `jpegs` JPEG files of the same images (the baseline's; none
+    when `jpegs` is 0)."""
     t = time.perf_counter()
     store, u, mean = synthetic_store(tmp / "store", images, size, classes)
     t_store = time.perf_counter() - t
@@ -128,10 +129,10 @@ def build(variant: str, net_path, batch: int, device):
 # ---------------------------------------------------------------------------------------------- the tool's path
 
 
-def tool_solver(net_path, store: Path, mean_file: Path, batch: int, max_iter: int):
+def tool_solver(net_path, store: Path, mean_file: Path, batch: int, max_iter: int, display: int):
     """The solver a ``tools/train_base.py`` run of this net would get, on the synthetic store: the net's Data
     layers read `store` (mean image `mean_file`), at `batch`; the paper's SGD settings; no test nets; a train
-    record in log.jsonl every iteration; the final snapshot (snapshot_after_train) only."""
+    record in log.jsonl every `display` iterations; the final snapshot (snapshot_after_train) only."""
     net = read_net(net_path)
     for layer in net.layer:
         if layer.type == "Data":
@@ -140,32 +141,41 @@ def tool_solver(net_path, store: Path, mean_file: Path, batch: int, max_iter: in
     sp = caffe_pb2.SolverParameter()
     sp.net_param.CopyFrom(net)
     sp.base_lr, sp.lr_policy, sp.gamma, sp.stepsize = 0.01, "step", 0.1, 100000
-    sp.momentum, sp.weight_decay, sp.max_iter, sp.random_seed, sp.display = 0.9, 5e-4, max_iter, 1, 1
+    sp.momentum, sp.weight_decay, sp.max_iter, sp.random_seed, sp.display = 0.9, 5e-4, max_iter, 1, display
     return sp
 
 
 def time_tool(net_path, store: Path, mean: np.ndarray, batch: int, iters: int, warmup: int, device,
               out: Path) -> dict:
-    """Time ``repro.train.run`` (what train_base / transfer / run_grid call: run folder, Data-layer reading,
-    log.jsonl, snapshots, final weights) for warmup + 1 + iters iterations on `device`.
+    """Time ``repro.train.run`` (what train_base / transfer / run_grid call: run folder, the Data layer's own
+    reading, log.jsonl with an fsync per record, snapshots, final weights) for warmup + iters + 1 iterations
+    on `device`.
 
-    ``iter_s``: seconds per iteration between the train record of iteration `warmup` and the last one
-    (data, logging included; from log.jsonl's timestamps). ``end_s``: what the run spends after its last
-    iteration (snapshot, final.caffemodel / final.pt, summary), which a real run pays once per ``snapshot``
-    iterations of its solver: ``images_per_s`` amortises it over `snapshot_every` (the net's own
-    solver.prototxt's), so it is the rate of the whole tool run."""
+    The net's own solver.prototxt gives ``display`` (capped at iters / 3, so the timed window holds at least
+    3 blocks between records) and ``snapshot``. From log.jsonl's timestamps, the iterations from the first
+    train record at or after `warmup` to the last one are timed in blocks of ``display``: ``iter_s`` is the
+    best block's seconds per iteration, as the harness's ``timed`` takes its best block; ``iter_s_mean`` the
+    whole window's. ``end_s``: what the run spends after its last iteration (snapshot, final.caffemodel /
+    final.pt, summary), which a real run pays once per ``snapshot`` iterations: ``images_per_s`` amortises it
+    over them, so it is the rate of the whole tool run."""
     write_mean(out / "mean.binaryproto", mean.astype(np.float32))
-    max_iter = warmup + 1 + iters
-    sp = tool_solver(net_path, store, out / "mean.binaryproto", batch, max_iter)
-    run(sp, out / "run", device=str(device), onnx=False, log=lambda *_: None)
+    real = read_solver(Path(net_path).parent / "solver.prototxt")
+    display = max(1, min(real.display or 1, iters // 3))
+    max_iter = warmup + iters + 1
+    run(tool_solver(net_path, store, out / "mean.binaryproto", batch, max_iter, display), out / "run",
+        device=str(device), onnx=False, log=lambda *_: None)
     t_end = time.time()
     recs = {r["iter"]: r["time"] for r in read_records(out / "run" / "log.jsonl") if r.get("type") == "train"}
-    first, last = warmup, max_iter - 1
-    iter_s = (recs[last] - recs[first]) / (last - first)
-    snapshot_every = read_solver(Path(net_path).parent / "solver.prototxt").snapshot or max_iter
-    end_s = t_end - recs[last]
-    return {"iter_s": iter_s, "end_s": end_s, "snapshot_every": snapshot_every,
-            "images_per_s": batch / (iter_s + end_s / snapshot_every), "images_per_s_no_end": batch / iter_s}
+    window = sorted(i for i in recs if warmup <= i < max_iter)  # record i is written after update i
+    first, last = window[0], window[-1]
+    iter_s_mean = (recs[last] - recs[first]) / (last - first)
+    iter_s = min((recs[b] - recs[a]) / (b - a) for a, b in zip(window, window[1:]))
+    end_s = max(0.0, t_end - recs[last] - (max_iter - 1 - last) * iter_s_mean)
+    snapshot_every = real.snapshot or max_iter
+    return {"iter_s": iter_s, "iter_s_mean": iter_s_mean, "end_s": end_s, "display": display,
+            "snapshot_every": snapshot_every,
+            "window_iters": last - first, "images_per_s": batch / (iter_s + end_s / snapshot_every),
+            "images_per_s_no_end": batch / iter_s}
 
 
 # ---------------------------------------------------------------------------------------------- loop
@@ -234,8 +244,10 @@ def main(argv=None) -> int:
         tmp = Path(tmp)
         need_data = bool(sections & {"loader", "e2e", "tool"})
         if need_data:
-            store, mean = make_data(tmp, a.images or (256 if a.quick else 20480), a.jpegs or (128 if a.quick else 8192),
-                                    size, classes)
+            jpegs = a.jpegs or (128 if a.quick else 8192)
+            if a.no_baseline or not sections & {"loader", "e2e"}:
+                jpegs = 0  # only the baseline reads JPEGs
+            store, mean = make_data(tmp, a.images or (256 if a.quick else 20480), jpegs, size, classes)
             spec = TransformSpec(crop_size=crop, mirror=True, mean=mean)
             mean_rgb = mean[::-1].copy()
 
