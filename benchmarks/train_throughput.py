@@ -4,13 +4,18 @@
   python -m benchmarks.train_throughput --device cpu --quick              # tiny: small net, seconds
   python -m benchmarks.train_throughput --device cpu --net small --batch 64 --iters 10
 
-Three measurements, each beside the baseline (benchmarks/baseline.py: the same layers as stock modules +
-torch.optim.SGD, JPEG files decoded by PIL in DataLoader workers):
+Three measurements, each beside the baseline (benchmarks.baseline: the same layers as stock modules +
+torch.optim.SGD, JPEG files decoded by PIL in DataLoader workers), and the tools' own path:
 
   (a) loader alone: our DeviceFeed over a pre-resized uint8 store (crop/mirror/mean on the device, side-stream
       copies) vs the JPEG folder loader, each delivering float batches on the device;
-  (b) training step alone on a fixed synthetic batch already on the device;
-  (c) end to end: loader + step.
+  (b) training step alone on a fixed synthetic batch already on the device (``Solver.train_iteration``: the
+      engine, the harness's number);
+  (c) end to end: loader + step;
+  (tool) ``repro.train.run`` -- what tools/train_base.py, transfer.py and run_grid.py run -- on the same store
+      with the same net and batch: the run folder, the Data layer's reading (a DeviceFeed on CUDA),
+      log.jsonl and snapshots included (``time_tool``). ``ratio_tool_vs_engine`` is its images/s over (b)'s
+      base_fp32 images/s: what a user's command gets, relative to what the harness times.
 
 Variants of our step, each NET_MODE: NET is ``base`` (every layer learns) or ``frozenN`` (the paper's transfer
 net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is one of
@@ -24,7 +29,8 @@ net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is on
   bf16       fast without channels_last (with the fused LRN)
   compile    fast + torch.compile
 Ratios are against the float32 baseline. Prints one ``ratio_<what>: X`` line per ratio (``ratio_loader``,
-``ratio_step``, ``ratio_end_to_end`` for base_fp32, then ``ratio_step_<variant>``, ``ratio_end_to_end_<variant>``),
+``ratio_step``, ``ratio_end_to_end`` for base_fp32, then ``ratio_step_<variant>``, ``ratio_end_to_end_<variant>``,
+``ratio_tool_vs_engine``),
 ``images_per_s_<what>: X`` and ``peak_mem_gib_<variant>: X`` (CUDA); ``--json`` writes everything.
 """
 from __future__ import annotations
