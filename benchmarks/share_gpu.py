@@ -27,19 +27,15 @@ import torch
 from repro.data.device_feed import DeviceFeed, write_store
 from repro.data.store import Store
 from repro.data.transform import TransformSpec
-from repro.engine.plan import feedable
-from repro.proto import caffe_pb2
 from repro.solver import Solver
 
-from .common import REPO, command_line, default_device, environment, synthetic_images, write_json
+from .common import NETS, REPO, command_line, default_device, environment, synthetic_images, write_json
+from .train_throughput import solver_param
 
 
 def child(a) -> None:
     device = torch.device(a.device)
-    net, _ = feedable(REPO / "prototxt" / "small" / "train_val.prototxt", "TRAIN", batch_size=a.batch)
-    sp = caffe_pb2.SolverParameter()
-    sp.net_param.CopyFrom(net)
-    sp.base_lr, sp.lr_policy, sp.momentum, sp.weight_decay, sp.max_iter = 0.01, "fixed", 0.9, 5e-4, 10**9
+    sp = solver_param(NETS["small"][0], a.batch)
     sp.random_seed = a.seed
     solver = Solver(sp, device=device)
     store = Store(a.store)
