@@ -2,7 +2,7 @@
 forward on one deterministic batch.
 
 The PyTorch side is the net that was exported (``export_onnx`` passes it), or, for ``--check-only``, the
-repro.Net rebuilt from the file itself (repro/onnx_import.py): Caffe-numerics layers on one side,
+repro.Net rebuilt from the file itself (repro.onnx.importer): Caffe-numerics layers on one side,
 onnxruntime's kernels on the other, sharing nothing but the weights. The difference is reported per output
 as ``max |ort - torch| / max |torch|`` (the golden data's measure); the target is 1e-5.
 """
