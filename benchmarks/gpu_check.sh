@@ -46,8 +46,10 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn
 EOF
 
 # 1. The main numbers: CaffeNet batch 256, 20480-image store, every variant (faithful, frozen n=5/7, TF32,
-#    bf16 fast mode), loader alone / step alone / end to end, peak memory. ~2-3 minutes.
-part throughput 260 120 $PY -m benchmarks.train_throughput --device cuda --json "$OUT/throughput.json"
+#    bf16 fast mode), loader alone / step alone / end to end, peak memory; and the tools' own run
+#    (repro.train.run, faithful and fp32 numerics) against the matching step: ratio_tool_vs_engine*. ~3-4 minutes.
+part throughput 300 120 $PY -m benchmarks.train_throughput --device cuda --tool-modes faithful,fp32 \
+  --json "$OUT/throughput.json"
 
 # 1b. Faithful mode's Caffe-order conv weight gradients (per-image im2col GEMMs) vs cuDNN's and vs the stacked
 #     single-GEMM formulation, per CaffeNet layer at batch 256: where the faithful base net's time goes. ~30 s.

@@ -77,6 +77,7 @@ from .common import (
 FULL_VARIANTS = ("base_fp32,base_fp32bench,base_layerlrn,base_solver,frozen5_fp32,frozen7_fp32,frozen7_fp32bench,"
                  "base_tf32,frozen5_tf32,base_fast,base_bf16")
 QUICK_VARIANTS = "base_fp32,frozen5_fp32,base_fast"
+TOOL_VARIANT = {"faithful": "base_fp32", "fp32": "base_fp32bench", "tf32": "base_tf32", "fast": "base_fast"}
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -152,10 +153,10 @@ def tool_solver(net_path, store: Path, mean_file: Path, batch: int, max_iter: in
 
 
 def time_tool(net_path, store: Path, mean: np.ndarray, batch: int, iters: int, warmup: int, device,
-              out: Path) -> dict:
+              out: Path, numerics: str = "faithful") -> dict:
     """Time ``repro.train.run`` (what train_base / transfer / run_grid call: run folder, the Data layer's own
     reading, log.jsonl with an fsync per record, snapshots, final weights) for warmup + iters + 1 iterations
-    on `device`.
+    on `device`, in the numerics mode `numerics` (the tools' ``--numerics``).
 
     The net's own solver.prototxt gives ``display`` (capped at iters / 3, so the timed window holds at least
     3 blocks between records) and ``snapshot``. From log.jsonl's timestamps, the iterations from the first
@@ -164,12 +165,13 @@ def time_tool(net_path, store: Path, mean: np.ndarray, batch: int, iters: int, w
     whole window's. ``end_s``: what the run spends after its last iteration (snapshot, final.caffemodel /
     final.pt, summary), which a real run pays once per ``snapshot`` iterations: ``images_per_s`` amortises it
     over them, so it is the rate of the whole tool run."""
+    out.mkdir(parents=True, exist_ok=True)
     write_mean(out / "mean.binaryproto", mean.astype(np.float32))
     real = read_solver(Path(net_path).parent / "solver.prototxt")
     display = max(1, min(real.display or 1, iters // 3))
     max_iter = warmup + iters + 1
     run(tool_solver(net_path, store, out / "mean.binaryproto", batch, max_iter, display), out / "run",
-        device=str(device), onnx=False, log=lambda *_: None)
+        device=str(device), numerics=numerics, onnx=False, log=lambda *_: None)
     t_end = time.time()
     recs = {r["iter"]: r["time"] for r in read_records(out / "run" / "log.jsonl") if r.get("type") == "train"}
     window = sorted(i for i in recs if warmup <= i < max_iter)  # record i is written after update i
@@ -219,6 +221,9 @@ def main(argv=None) -> int:
     ap.add_argument("--base-workers", type=int, help="baseline DataLoader processes (default cores-2, <= 12)")
     ap.add_argument("--variants", help=f"comma list (default {FULL_VARIANTS}; quick {QUICK_VARIANTS})")
     ap.add_argument("--sections", default="loader,step,e2e,tool", help="which of loader,step,e2e,tool to run")
+    ap.add_argument("--tool-modes", default="faithful",
+                    help="numerics modes of the tool section's runs (comma list of faithful,fp32,tf32,fast); each "
+                         "is compared with its harness variant (base_fp32, base_fp32bench, base_tf32, base_fast)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (ratios are then absent)")
     ap.add_argument("--json", help="write all numbers to this file")
     a = ap.parse_args(argv)
@@ -326,20 +331,25 @@ def main(argv=None) -> int:
                 print(f"variant {v} failed: {type(e).__name__}: {e}", flush=True)
             set_faithful(True)
 
-        # the tools' own path: repro.train.run on the same store, against the harness's base_fp32 step ------
+        # the tools' own path: repro.train.run on the same store, against the harness's matching step ------
         if "tool" in sections:
-            free(device)
+            for mode in a.tool_modes.split(","):
+                free(device)
+                set_faithful(True)
+                tool = time_tool(net_path, store.path, mean, batch, iters, warmup, device, tmp / f"tool_{mode}", mode)
+                res.setdefault("tool", {})[mode] = tool
+                name = "tool" if mode == "faithful" else f"tool_{mode}"
+                record("images_per_s", name, tool["images_per_s"])
+                print(f"{name}: {1000 * tool['iter_s']:.1f} ms/iteration, {tool['end_s']:.2f} s after the last one "
+                      f"(snapshot, final weights), amortised over {tool['snapshot_every']} iterations", flush=True)
+                variant = TOOL_VARIANT[mode]
+                engine = res["images_per_s"].get(f"step_{variant}")
+                if engine:
+                    record("ratios", "tool_vs_engine" if mode == "faithful" else f"tool_vs_engine_{mode}",
+                           tool["images_per_s"] / engine)
+                else:
+                    print(f"{name}: no ratio without the {variant} variant in the step section", flush=True)
             set_faithful(True)
-            tool = time_tool(net_path, store.path, mean, batch, iters, warmup, device, tmp / "tool")
-            res["tool"] = tool
-            record("images_per_s", "tool", tool["images_per_s"])
-            print(f"tool: {1000 * tool['iter_s']:.1f} ms/iteration, {tool['end_s']:.2f} s after the last one "
-                  f"(snapshot, final weights), amortised over {tool['snapshot_every']} iterations", flush=True)
-            engine = res["images_per_s"].get("step_base_fp32")
-            if engine:
-                record("ratios", "tool_vs_engine", tool["images_per_s"] / engine)
-            else:
-                print("ratio_tool_vs_engine needs the base_fp32 variant in the step section", flush=True)
 
     if a.json:
         write_json(a.json, res)
