@@ -46,6 +46,8 @@ def make_jpegs(root: Path, n: int, classes: int = 4, seed: int = 0):
 
 
 def baseline_loader(folder: Path, mean: np.ndarray, batch: int, workers: int, limit: int | None, pin: bool):
+    # here, not on top: only this baseline needs torchvision, which the GPU machine lacks
+    import torchvision.datasets as dsets
     import torchvision.transforms as T
 
     mean_t = torch.from_numpy(mean[::-1].copy())  # our mean is BGR; torchvision/PIL work in RGB
