@@ -1,4 +1,4 @@
-"""The baseline of benchmarks/train_throughput.py: how a plain PyTorch script trains the same net.
+"""The baseline of benchmarks.train_throughput: how a plain PyTorch script trains the same net.
 
 * model: the net's layers as stock torchvision-style modules in an ``nn.Sequential`` (Conv2d, ReLU(inplace),
   MaxPool2d(ceil_mode), LocalResponseNorm, Flatten, Linear, Dropout), built from our prototxt so both sides do
@@ -14,10 +14,12 @@ iteration), which only makes it faster: the ratios are conservative.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 
@@ -86,8 +88,6 @@ class JpegFolder(torch.utils.data.Dataset):
         return len(self.samples)
 
     def __getitem__(self, i):
-        from PIL import Image
-
         path, label = self.samples[i]
         with Image.open(path) as im:
             x = np.asarray(im.convert("RGB"))
@@ -112,13 +112,11 @@ def write_jpegs(root, images_bgr: np.ndarray, labels, quality: int = 90) -> Path
     root/c<label>/<i>.jpg."""
     root = Path(root)
     try:
-        import cv2
+        import cv2  # optional: PIL writes the JPEGs where OpenCV is absent
 
         def save(p, img):
             cv2.imwrite(str(p), img.transpose(1, 2, 0), [cv2.IMWRITE_JPEG_QUALITY, quality])
     except ImportError:
-        from PIL import Image
-
         def save(p, img):
             Image.fromarray(np.ascontiguousarray(img[::-1].transpose(1, 2, 0))).save(p, quality=quality)
     jobs = []
@@ -126,8 +124,6 @@ def write_jpegs(root, images_bgr: np.ndarray, labels, quality: int = 90) -> Path
         d = root / f"c{int(lab):04d}"
         d.mkdir(parents=True, exist_ok=True)
         jobs.append((d / f"{i:06d}.jpg", i))
-    from concurrent.futures import ThreadPoolExecutor
-
     with ThreadPoolExecutor(max(1, min(16, os.cpu_count() or 1))) as pool:  # the encoders release the GIL
         list(pool.map(lambda job: save(job[0], images_bgr[job[1] % len(images_bgr)]), jobs))
     return root

@@ -1,8 +1,8 @@
 """Convolution weight gradients: Caffe's algorithm (faithful mode's im2col path) against the native kernel.
 
-  python benchmarks/conv_wgrad.py --device cuda                  # CaffeNet's conv1-5 at batch 256
-  python benchmarks/conv_wgrad.py --device cpu --batch 16        # the same shapes, CPU
-  python benchmarks/conv_wgrad.py --device cpu --net small --batch 64
+  python -m benchmarks.conv_wgrad --device cuda                  # CaffeNet's conv1-5 at batch 256
+  python -m benchmarks.conv_wgrad --device cpu --batch 16        # the same shapes, CPU
+  python -m benchmarks.conv_wgrad --device cpu --net small --batch 64
 
 Faithful mode on CUDA computes every learning convolution's weight gradient with
 ``repro.layers.vision.conv_weight_grad_im2col`` (im2col + one GEMM per image and group, summed over the batch:
@@ -23,9 +23,6 @@ everything.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -33,15 +30,16 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_throughput.py beside this script
-from train_throughput import NETS, sync  # noqa: E402  (NETS: name -> (train_val, stored size, crop, classes))
+from repro.engine.plan import feedable
+from repro.layers.vision import conv_weight_grad_im2col
+from repro.net import Net
+from repro.numerics import numerics_state, set_faithful
+
+from .common import NETS, command_line, default_device, environment, pick_device, sync, write_json
 
 
 def conv_shapes(net_path, batch: int):
     """[(name, bottom shape, weight shape, stride, pad, dilation, group)] for the net's Convolution layers."""
-    from repro.engine.plan import feedable
-    from repro.net import Net
-
     net_param, _ = feedable(net_path, "TRAIN", batch_size=batch)
     net = Net(net_param, "TRAIN")
     out = []
@@ -96,7 +94,6 @@ def rel_err(ours, ref) -> float:
 
 
 def measure(shapes, device, iters: int, warmup: int, seed: int = 0) -> dict:
-    from repro.layers.vision import conv_weight_grad_im2col
 
     gen = torch.Generator().manual_seed(seed)
     rows = {}
@@ -128,19 +125,14 @@ def measure(shapes, device, iters: int, warmup: int, seed: int = 0) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device())
     ap.add_argument("--net", choices=sorted(NETS), default="caffenet")
     ap.add_argument("--batch", type=int, default=None, help="default: 256 on cuda, 16 on cpu")
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args(argv)
-    from repro.atomic import atomic_write_text
-    from repro.numerics import numerics_state, set_faithful
-
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit("--device cuda: no CUDA device here")
+    device = pick_device(args.device)
     batch = args.batch or (256 if device.type == "cuda" else 16)
     set_faithful(True)
     shapes = conv_shapes(NETS[args.net][0], batch)
@@ -156,14 +148,10 @@ def main(argv=None) -> int:
     for key, value in ratios.items():
         print(f"ratio_{key}: {value:.3f}")
     if args.json:
-        report = {"date": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
-                  "command": " ".join(["benchmarks/conv_wgrad.py", *(argv if argv is not None else sys.argv[1:])]),
-                  "device": str(device), "net": args.net, "batch": batch, "iters": args.iters,
-                  "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-                  "cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-                  "host_cpus": os.cpu_count(), "numerics": numerics_state(), "layers": rows,
+        report = {**environment(device), "command": command_line("benchmarks.conv_wgrad", argv), "net": args.net,
+                  "batch": batch, "iters": args.iters, "numerics": numerics_state(), "layers": rows,
                   "total_ms": total, "ratios": ratios}
-        atomic_write_text(args.json, json.dumps(report, indent=1) + "\n")
+        write_json(args.json, report)
     return 0
 
 

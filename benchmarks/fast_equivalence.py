@@ -1,7 +1,7 @@
 """Does fast mode learn what faithful mode learns? The small net on the built-in data, trained both ways.
 
-  python benchmarks/fast_equivalence.py --device cuda                      # 3000 iterations x 2 seeds x 2 modes
-  python benchmarks/fast_equivalence.py --device cpu --iters 300 --seeds 1
+  python -m benchmarks.fast_equivalence --device cuda                      # 3000 iterations x 2 seeds x 2 modes
+  python -m benchmarks.fast_equivalence --device cpu --iters 300 --seeds 1
 
 prototxt/small on all 20 built-in classes (6000 training images, 1000 validation), with the study's solver
 (prototxt/small/solver.prototxt: the paper's SGD settings) compressed to --iters iterations (the step at
@@ -17,7 +17,6 @@ Prints ``fast_equivalence: yes|no`` and ``delta_top1: X``; --json writes the cur
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import time
@@ -26,22 +25,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from repro.caffemodel import read_mean
+from repro.data.builtin import ensure_builtin
+from repro.data.device_feed import DeviceFeed
+from repro.data.store import Store
+from repro.data.transform import TransformSpec
+from repro.engine.plan import NetPlan, feedable
+from repro.net import Net
+from repro.numerics import set_faithful
+from repro.prototxt import read_solver
+from repro.solver import Solver
+
+from .common import REPO, command_line, environment, pick_device, write_json
+
 NET = REPO / "prototxt" / "small" / "train_val.prototxt"
 SOLVER = REPO / "prototxt" / "small" / "solver.prototxt"
 
 
 def train_once(mode: str, seed: int, iters: int, test_every: int, root: Path, device, compile: bool) -> dict:
-    from repro.caffemodel import read_mean
-    from repro.data.device_feed import DeviceFeed
-    from repro.data.store import Store
-    from repro.data.transform import TransformSpec
-    from repro.engine.plan import NetPlan, feedable
-    from repro.net import Net
-    from repro.numerics import set_faithful
-    from repro.prototxt import read_solver
-    from repro.solver import Solver
-
     base = read_solver(SOLVER)
     train, _ = feedable(NET, "TRAIN")
     batch = train.layer[0].input_param.shape[0].dim[0]
@@ -98,9 +99,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", help="built-in data folder (default: generated in a temporary folder)")
     ap.add_argument("--json", help="write the curves and the verdict here")
     a = ap.parse_args(argv)
-    from repro.data.builtin import ensure_builtin
-
-    device = torch.device(a.device)
+    device = pick_device(a.device)
     seeds = [int(s) for s in a.seeds.split(",")]
     test_every = a.test_every or max(1, a.iters // 10)
     with tempfile.TemporaryDirectory(prefix="repro-eq-") as tmp:
@@ -123,11 +122,10 @@ def main(argv=None) -> int:
     print(f"seed_spread_faithful: {spread:.4f}")
     print(f"fast_equivalence: {'yes' if ok else 'no'} (|delta| <= {tol:.4f})")
     if a.json:
-        Path(a.json).write_text(json.dumps({"device": str(device), "iters": a.iters, "seeds": seeds,
-                                            "compile": a.compile, "runs": runs, "delta_top1": delta,
-                                            "seed_spread_faithful": spread, "tolerance": tol,
-                                            "equivalent": ok, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-                                            "command": " ".join(sys.argv)}, indent=1) + "\n")
+        write_json(a.json, {**environment(device), "command": command_line("benchmarks.fast_equivalence", argv),
+                            "iters": a.iters, "seeds": seeds, "compile": a.compile, "runs": runs,
+                            "delta_top1": delta, "seed_spread_faithful": spread, "tolerance": tol,
+                            "equivalent": ok})
     return 0 if ok else 1
 
 

@@ -46,16 +46,18 @@ print(json.dumps({"torch": torch.__version__, "cuda": torch.version.cuda, "cudnn
 EOF
 
 # 1. The main numbers: CaffeNet batch 256, 20480-image store, every variant (faithful, frozen n=5/7, TF32,
-#    bf16 fast mode), loader alone / step alone / end to end, peak memory. ~2-3 minutes.
-part throughput 260 120 $PY benchmarks/train_throughput.py --device cuda --json "$OUT/throughput.json"
+#    bf16 fast mode), loader alone / step alone / end to end, peak memory; and the tools' own run
+#    (repro.train.run, faithful and fp32 numerics) against the matching step: ratio_tool_vs_engine*. ~3-4 minutes.
+part throughput 300 120 $PY -m benchmarks.train_throughput --device cuda --tool-modes faithful,fp32 \
+  --json "$OUT/throughput.json"
 
 # 1b. Faithful mode's Caffe-order conv weight gradients (per-image im2col GEMMs) vs cuDNN's and vs the stacked
 #     single-GEMM formulation, per CaffeNet layer at batch 256: where the faithful base net's time goes. ~30 s.
-part conv_wgrad 90 30 $PY benchmarks/conv_wgrad.py --device cuda --json "$OUT/conv_wgrad.json"
+part conv_wgrad 90 30 $PY -m benchmarks.conv_wgrad --device cuda --json "$OUT/conv_wgrad.json"
 
 # 1c. Where the faithful base net's step spends its GPU time, by category (conv fwd / dgrad / wgrad, LRN,
 #     pooling, update, copies) and by layer. ~40 s.
-part profile 90 40 $PY benchmarks/profile_step.py --device cuda --variant base_fp32 --iters 5 \
+part profile 90 40 $PY -m benchmarks.profile_step --device cuda --variant base_fp32 --iters 5 \
   --json "$OUT/profile_base_fp32.json"
 
 # 2. Correctness on the GPU: every gpu-marked test (fast path, DDP over NCCL, ...) and Caffe's golden G1/G1b
@@ -67,15 +69,15 @@ part golden_cuda 90 30 $PY -m pytest -q tests/test_golden_g1.py -k cuda -p no:ca
 
 # 3. Fast mode learns what faithful mode learns: the small net on the built-in data, 2000 iterations,
 #    2 seeds x {faithful, fast}.
-part equivalence 150 60 $PY benchmarks/fast_equivalence.py --device cuda --iters 2000 --seeds 1,2 \
+part equivalence 150 60 $PY -m benchmarks.fast_equivalence --device cuda --iters 2000 --seeds 1,2 \
   --json "$OUT/equivalence.json"
 
 # 4. Several small study nets on one GPU: 1 vs 4 concurrent processes, peak memory each.
-part share_gpu 110 60 $PY benchmarks/share_gpu.py --device cuda --procs 1,4 --seconds 6 --startup 25 \
+part share_gpu 110 60 $PY -m benchmarks.share_gpu --device cuda --procs 1,4 --seconds 6 --startup 25 \
   --json "$OUT/share_gpu.json"
 
 # 5. torch.compile'd fast mode (optional: only if it compiles within the time left).
-part compile 150 90 $PY benchmarks/train_throughput.py --device cuda --variants base_compile,frozen5_compile \
+part compile 150 90 $PY -m benchmarks.train_throughput --device cuda --variants base_compile,frozen5_compile \
   --sections step,e2e --json "$OUT/throughput_compile.json"
 
 $PY - "$OUT" <<'EOF'

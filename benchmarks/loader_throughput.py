@@ -5,14 +5,15 @@ Both produce CaffeNet training batches: squash to 256×256, random 227 crop, ran
 DataLoader with worker processes); ours reads the store written once by convert_imageset (the one-time
 conversion is timed and printed separately) and crops/mirrors/subtracts on the device with torch ops.
 
-  python benchmarks/loader_throughput.py --quick                  # generated JPEGs, < 1 minute on CPU
-  python benchmarks/loader_throughput.py --folder ILSVRC2012/train --limit 5000 --device cuda
+  python -m benchmarks.loader_throughput --quick                  # generated JPEGs, < 1 minute on CPU
+  python -m benchmarks.loader_throughput --folder ILSVRC2012/train --limit 5000 --device cuda
 
 Prints `ratio_loader: X` = our images/s ÷ baseline images/s, measured in the same run.
 """
 from __future__ import annotations
 
 import argparse
+import io
 import sys
 import tempfile
 import time
@@ -20,12 +21,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
+
+from repro.data.caffedb import DatumDB, parse_datum
+from repro.data.convert import convert_to_db, convert_to_store
+from repro.data.loader import Loader
+from repro.data.sources import index_folder
+from repro.data.store import Store, compute_mean
+
+from .common import default_device, pick_device
 
 
 def make_jpegs(root: Path, n: int, classes: int = 4, seed: int = 0):
     """n photo-like JPEGs (smooth colour fields + noise, 500×375 and 375×500) in root/<class>/."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
     noise = rng.integers(0, 24, (500, 500, 3), dtype=np.uint8)
     for i in range(n):
@@ -38,6 +46,7 @@ def make_jpegs(root: Path, n: int, classes: int = 4, seed: int = 0):
 
 
 def baseline_loader(folder: Path, mean: np.ndarray, batch: int, workers: int, limit: int | None, pin: bool):
+    # here, not on top: only this baseline needs torchvision, which the GPU machine lacks
     import torchvision.datasets as dsets
     import torchvision.transforms as T
 
@@ -69,13 +78,6 @@ def measure(next_batch, images: int, batch: int, device: torch.device) -> float:
 
 def formats(store, entries, folder: Path, tmp: Path):
     """Why the store is raw uint8: single-thread read rates of the same 256×256 images in three formats."""
-    import io
-
-    from PIL import Image
-
-    from repro.data.caffedb import DatumDB, parse_datum
-    from repro.data.convert import convert_to_db
-
     n = len(store)
     out = np.empty((64,) + store.shape, np.uint8)
     t = time.perf_counter()
@@ -113,18 +115,13 @@ def main(argv=None) -> int:
     ap.add_argument("--images", type=int, default=None, help="images to time per loader")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--workers", type=int, default=2, help="worker processes (baseline) / threads (ours)")
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device())
     ap.add_argument("--formats", action="store_true", help="also time reading the store vs LMDB vs 256px JPEG")
     args = ap.parse_args(argv)
     if not args.quick and not args.folder:
         ap.error("give --quick or --folder")
 
-    from repro.data.convert import convert_to_store
-    from repro.data.loader import Loader
-    from repro.data.sources import index_folder
-    from repro.data.store import Store, compute_mean
-
-    device = torch.device(args.device)
+    device = pick_device(args.device)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         folder = Path(args.folder) if args.folder else tmp / "jpegs"

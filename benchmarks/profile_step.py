@@ -1,9 +1,9 @@
 """Where one training step of our fast path spends its time: torch.profiler over the step that
 benchmarks/train_throughput.py times, summed into categories a reader can act on.
 
-  python benchmarks/profile_step.py --device cuda                                  # CaffeNet b256, base_fp32
-  python benchmarks/profile_step.py --device cuda --variant frozen5_fp32 --json p.json --trace p.trace.json
-  python benchmarks/profile_step.py --device cpu --net small --batch 16 --iters 2 --warmup 1
+  python -m benchmarks.profile_step --device cuda                                  # CaffeNet b256, base_fp32
+  python -m benchmarks.profile_step --device cuda --variant frozen5_fp32 --json p.json --trace p.trace.json
+  python -m benchmarks.profile_step --device cpu --net small --batch 16 --iters 2 --warmup 1
 
 The step is train_throughput's ``build(variant)`` (variants ``NET_MODE``: base_fp32, frozen5_fp32, base_tf32,
 base_fast, ...; see that script) on a synthetic batch already on the device. After ``--warmup`` steps it is
@@ -27,19 +27,21 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
-import platform
 import sys
 import time
 from collections import defaultdict
-from pathlib import Path
 
 import torch
 from torch.autograd import DeviceType
+from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
 from torch.profiler import ProfilerActivity, profile, record_function
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # train_throughput.py beside this script
-from train_throughput import NETS, build, sync, timed  # noqa: E402
+from repro.atomic import atomic_write
+from repro.layers.base import CaffeLayer
+from repro.numerics import numerics_state
+
+from .common import NETS, command_line, default_device, environment, pick_device, sync, timed, write_json
+from .train_throughput import build
 
 CATEGORIES = {  # key: label, in the order they are printed
     "conv_fwd": "conv forward",
@@ -87,8 +89,6 @@ class LayerRanges:
     torch's global nn.Module forward hooks (repro/ is not touched; the run plan offers no hook of its own)."""
 
     def __init__(self):
-        from repro.layers.base import CaffeLayer
-
         self.cls, self.open, self.handles = CaffeLayer, [], []
 
     def _pre(self, module, args):
@@ -102,8 +102,6 @@ class LayerRanges:
             self.open.pop()[1].__exit__(None, None, None)
 
     def __enter__(self):
-        from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
-
         self.handles = [register_module_forward_pre_hook(self._pre), register_module_forward_hook(self._post)]
         return self
 
@@ -334,7 +332,7 @@ def report(res: dict, top: int) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--device", default=default_device(), choices=("cpu", "cuda"))
     ap.add_argument("--net", choices=tuple(NETS), default="caffenet")
     ap.add_argument("--batch", type=int, help="batch size (default: 256 caffenet, 64 small)")
     ap.add_argument("--variant", default="base_fp32", help="a train_throughput NET_MODE variant")
@@ -348,22 +346,14 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.iters < 1 or a.warmup < 0:
         ap.error("--iters must be >= 1 and --warmup >= 0")
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available", file=sys.stderr)
-        return 2
-    from repro.atomic import atomic_write, atomic_write_text
-    from repro.numerics import numerics_state
-
+    device = pick_device(a.device)
     net_path, _, crop, classes = NETS[a.net]
     batch = a.batch or {"caffenet": 256, "small": 64}[a.net]
     on_cpu = device.type == "cpu"
-    command = " ".join(["benchmarks/profile_step.py"] + list(sys.argv[1:] if argv is None else argv))
-    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": command, "variant": a.variant,
-           "net": a.net, "batch": batch, "iters": a.iters, "warmup": a.warmup, "device": str(device),
-           "gpu": torch.cuda.get_device_name(device) if not on_cpu else platform.processor(),
-           "torch": torch.__version__, "time_kind": "self CPU time" if on_cpu else "self CUDA time"}
-    print(f"{a.variant}: {a.net} batch {batch} on {res['gpu'] or device}, torch {torch.__version__}", flush=True)
+    res = {**environment(device), "command": command_line("benchmarks.profile_step", argv), "variant": a.variant,
+           "net": a.net, "batch": batch, "iters": a.iters, "warmup": a.warmup,
+           "time_kind": "self CPU time" if on_cpu else "self CUDA time"}
+    print(f"{a.variant}: {a.net} batch {batch} on {res['gpu'] or res['cpu']}, torch {torch.__version__}", flush=True)
     step, _ = build(a.variant, net_path, batch, device)
     res["numerics"] = numerics_state()
     b = {"data": torch.randn(batch, 3, crop, crop, device=device) * 50,
@@ -391,7 +381,7 @@ def main(argv=None) -> int:
         atomic_write(a.trace, prof.export_chrome_trace)
         res["trace"] = a.trace
     if a.json:
-        atomic_write_text(a.json, json.dumps(res, indent=1) + "\n")
+        write_json(a.json, res)
     return 0
 
 

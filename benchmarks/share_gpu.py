@@ -1,7 +1,7 @@
 """Can several small study nets share one GPU? Throughput of 1 vs N concurrent training processes.
 
-  python benchmarks/share_gpu.py --device cuda --procs 1,4 --seconds 10
-  python benchmarks/share_gpu.py --device cpu --procs 1,2 --seconds 2          # the script itself, on a CPU
+  python -m benchmarks.share_gpu --device cuda --procs 1,4 --seconds 10
+  python -m benchmarks.share_gpu --device cpu --procs 1,2 --seconds 2          # the script itself, on a CPU
 
 Each process trains prototxt/small (the study's net for the built-in data; batch 64, 56x56 crops) end to end:
 a DeviceFeed over one shared synthetic 64x64 store (memory-mapped by every process) into the Solver's own
@@ -24,22 +24,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
+from repro.data.device_feed import DeviceFeed, write_store
+from repro.data.store import Store
+from repro.data.transform import TransformSpec
+from repro.solver import Solver
+
+from .common import NETS, REPO, command_line, default_device, environment, synthetic_images, write_json
+from .train_throughput import solver_param
 
 
 def child(a) -> None:
-    from repro.data.device_feed import DeviceFeed
-    from repro.data.store import Store
-    from repro.data.transform import TransformSpec
-    from repro.engine.plan import feedable
-    from repro.proto import caffe_pb2
-    from repro.solver import Solver
-
     device = torch.device(a.device)
-    net, _ = feedable(REPO / "prototxt" / "small" / "train_val.prototxt", "TRAIN", batch_size=a.batch)
-    sp = caffe_pb2.SolverParameter()
-    sp.net_param.CopyFrom(net)
-    sp.base_lr, sp.lr_policy, sp.momentum, sp.weight_decay, sp.max_iter = 0.01, "fixed", 0.9, 5e-4, 10**9
+    sp = solver_param(NETS["small"][0], a.batch)
     sp.random_seed = a.seed
     solver = Solver(sp, device=device)
     store = Store(a.store)
@@ -72,7 +68,7 @@ def child(a) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--device", default=default_device())
     ap.add_argument("--procs", default="1,4", help="process counts to compare")
     ap.add_argument("--seconds", type=float, default=10.0, help="timed window per round")
     ap.add_argument("--batch", type=int, default=64)
@@ -87,14 +83,9 @@ def main(argv=None) -> int:
         child(a)
         return 0
 
-    from repro.data.device_feed import write_store
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from train_throughput import synthetic_images
-
-    res = {"device": a.device, "gpu": torch.cuda.get_device_name() if a.device == "cuda" else None,
-           "batch": a.batch, "seconds": a.seconds, "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-           "command": " ".join(sys.argv), "rounds": {}}
+    res = {**environment(torch.device(a.device)), "command": command_line("benchmarks.share_gpu", argv),
+           "batch": a.batch, "seconds": a.seconds, "rounds": {}}
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     if a.device == "cpu":
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -103,10 +94,10 @@ def main(argv=None) -> int:
         write_store(store, synthetic_images(2048, 64), np.arange(2048) % 20)
         for n in (int(p) for p in a.procs.split(",")):
             start_at = time.time() + a.startup
-            cmd = [sys.executable, __file__, "--child", "--device", a.device, "--store", str(store),
+            cmd = [sys.executable, "-m", "benchmarks.share_gpu", "--child", "--device", a.device, "--store", str(store),
                    "--start-at", str(start_at), "--seconds", str(a.seconds), "--batch", str(a.batch)]
             procs = [subprocess.Popen(cmd + ["--seed", str(i + 1)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      text=True, env=env) for i in range(n)]
+                                      text=True, env=env, cwd=REPO) for i in range(n)]
             outs = [p.communicate(timeout=a.startup + a.seconds * 4 + 120) for p in procs]
             rows = []
             for p, (o, e) in zip(procs, outs):
@@ -133,7 +124,7 @@ def main(argv=None) -> int:
             r["speedup_vs_1"] = r["total_images_per_s"] / one
             print(f"share_speedup_{n}: {r['speedup_vs_1']:.2f}", flush=True)
     if a.json:
-        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(a.json, res)
     return 0
 
 

@@ -1,16 +1,21 @@
 """Training throughput (images/s) of our path against a plain PyTorch baseline measured in the same run.
 
-  python benchmarks/train_throughput.py --device cuda                     # CaffeNet, batch 256, 20k-image store
-  python benchmarks/train_throughput.py --device cpu --quick              # tiny: small net, seconds
-  python benchmarks/train_throughput.py --device cpu --net small --batch 64 --iters 10
+  python -m benchmarks.train_throughput --device cuda                     # CaffeNet, batch 256, 20k-image store
+  python -m benchmarks.train_throughput --device cpu --quick              # tiny: small net, seconds
+  python -m benchmarks.train_throughput --device cpu --net small --batch 64 --iters 10
 
-Three measurements, each beside the baseline (benchmarks/baseline.py: the same layers as stock modules +
-torch.optim.SGD, JPEG files decoded by PIL in DataLoader workers):
+Three measurements, each beside the baseline (benchmarks.baseline: the same layers as stock modules +
+torch.optim.SGD, JPEG files decoded by PIL in DataLoader workers), and the tools' own path:
 
   (a) loader alone: our DeviceFeed over a pre-resized uint8 store (crop/mirror/mean on the device, side-stream
       copies) vs the JPEG folder loader, each delivering float batches on the device;
-  (b) training step alone on a fixed synthetic batch already on the device;
-  (c) end to end: loader + step.
+  (b) training step alone on a fixed synthetic batch already on the device (``Solver.train_iteration``: the
+      engine, the harness's number);
+  (c) end to end: loader + step;
+  (tool) ``repro.train.run`` -- what tools/train_base.py, transfer.py and run_grid.py run -- on the same store
+      with the same net and batch: the run folder, the Data layer's reading (a DeviceFeed on CUDA),
+      log.jsonl and snapshots included (``time_tool``). ``ratio_tool_vs_engine`` is its images/s over (b)'s
+      base_fp32 images/s: what a user's command gets, relative to what the harness times.
 
 Variants of our step, each NET_MODE: NET is ``base`` (every layer learns) or ``frozenN`` (the paper's transfer
 net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is one of
@@ -24,71 +29,69 @@ net AnB: the first N learned layers at lr_mult 0, run under no_grad). MODE is on
   bf16       fast without channels_last (with the fused LRN)
   compile    fast + torch.compile
 Ratios are against the float32 baseline. Prints one ``ratio_<what>: X`` line per ratio (``ratio_loader``,
-``ratio_step``, ``ratio_end_to_end`` for base_fp32, then ``ratio_step_<variant>``, ``ratio_end_to_end_<variant>``),
+``ratio_step``, ``ratio_end_to_end`` for base_fp32, then ``ratio_step_<variant>``, ``ratio_end_to_end_<variant>``,
+``ratio_tool_vs_engine``),
 ``images_per_s_<what>: X`` and ``peak_mem_gib_<variant>: X`` (CUDA); ``--json`` writes everything.
 """
 from __future__ import annotations
 
 import argparse
-import gc
-import json
-import os
-import platform
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/baseline.py beside this script
-from baseline import BaselineTrainer, baseline_loader, default_workers, write_jpegs  # noqa: E402
+from repro.caffemodel import write_mean
+from repro.data.device_feed import DeviceFeed
+from repro.data.device_feed import default_workers as feed_workers
+from repro.data.transform import TransformSpec
+from repro.engine.modes import MODES
+from repro.engine.plan import feedable
+from repro.net import Net
+from repro.numerics import numerics_state, set_faithful
+from repro.proto import caffe_pb2
+from repro.prototxt import read_net, read_solver
+from repro.runlog import read_records
+from repro.solver import Solver
+from repro.train import run
 
-REPO = Path(__file__).resolve().parents[1]
-NETS = {"caffenet": (REPO / "prototxt" / "caffenet" / "train_val.prototxt", 256, 227, 1000),
-        "small": (REPO / "prototxt" / "small" / "train_val.prototxt", 64, 56, 20)}  # net, stored size, crop, classes
+from .baseline import BaselineTrainer, baseline_loader, default_workers, write_jpegs
+from .common import (
+    NETS,
+    command_line,
+    default_device,
+    environment,
+    free,
+    peak_gib,
+    pick_device,
+    sync,
+    synthetic_store,
+    timed,
+    write_json,
+)
+
 FULL_VARIANTS = ("base_fp32,base_fp32bench,base_layerlrn,base_solver,frozen5_fp32,frozen7_fp32,frozen7_fp32bench,"
                  "base_tf32,frozen5_tf32,base_fast,base_bf16")
 QUICK_VARIANTS = "base_fp32,frozen5_fp32,base_fast"
+TOOL_VARIANT = {"faithful": "base_fp32", "fp32": "base_fp32bench", "tf32": "base_tf32", "fast": "base_fast"}
 
 
 # ---------------------------------------------------------------------------------------------- data
 
 
-def synthetic_images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """n photo-like BGR images (smooth random colour fields + grain), N x 3 x size x size uint8."""
-    rng = np.random.default_rng(seed)
-    g = 16
-    coarse = rng.integers(0, 220, (n, 3, g, g)).astype(np.float32)
-    # bilinear upsampling as two small matrix products (no OpenCV / PIL needed)
-    pos = np.clip((np.arange(size) + 0.5) * g / size - 0.5, 0, g - 1)
-    i0 = np.floor(pos).astype(int)
-    i1 = np.minimum(i0 + 1, g - 1)
-    f = (pos - i0).astype(np.float32)
-    U = np.zeros((size, g), np.float32)
-    U[np.arange(size), i0] += 1 - f
-    U[np.arange(size), i1] += f
-    smooth = np.einsum("ij,ncjk,lk->ncil", U, coarse, U, optimize=True)
-    grain = rng.integers(0, 32, (n, 3, size, size), dtype=np.uint8)
-    return (smooth.astype(np.uint8) + grain).astype(np.uint8)
-
-
-def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int, unique: int = 512):
-    """A store of `images` images (tiles of `unique` distinct ones) and `jpegs` JPEG files of the same images."""
-    from repro.data.device_feed import write_store
-
-    u = synthetic_images(min(unique, images), size)
-    labels = np.arange(images) % classes
+def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int):
+    """A synthetic store of `images` images and `jpegs` JPEG files of the same images (the baseline's; none
+    when `jpegs` is 0)."""
     t = time.perf_counter()
-    reps = -(-images // len(u))
-    chunks = (u[: min(len(u), images - r * len(u))] for r in range(reps))
-    store = write_store(tmp / "store", chunks, labels)
+    store, u, mean = synthetic_store(tmp / "store", images, size, classes)
     t_store = time.perf_counter() - t
-    mean = u.astype(np.float32).mean(0)  # the tiled store's mean image (BGR)
     t = time.perf_counter()
     k = min(jpegs, len(u))
-    write_jpegs(tmp / "jpegs", u, labels[:jpegs])
+    write_jpegs(tmp / "jpegs", u, (np.arange(jpegs) % classes))
     t_jpeg = time.perf_counter() - t
     print(f"data: store {len(store)} images {size}x{size} ({store.images.nbytes / 2**30:.2f} GiB) in {t_store:.1f}s; "
           f"{jpegs} JPEGs ({k} distinct) in {t_jpeg:.1f}s", flush=True)
@@ -101,9 +104,6 @@ def make_data(tmp: Path, images: int, jpegs: int, size: int, classes: int, uniqu
 def solver_param(net_path, batch: int, frozen: int = 0):
     """The paper's solver around the feedable TRAIN net (data as inputs); the first `frozen` learned layers
     at lr_mult 0 (the paper's AnB transfer net)."""
-    from repro.engine.plan import feedable
-    from repro.proto import caffe_pb2
-
     net, _ = feedable(net_path, "TRAIN", batch_size=batch)
     learned = [l for l in net.layer if l.type in ("Convolution", "InnerProduct")]
     for layer in learned[:frozen]:
@@ -119,11 +119,6 @@ def solver_param(net_path, batch: int, frozen: int = 0):
 def build(variant: str, net_path, batch: int, device):
     """(step function batch -> None, solver) for a NET_MODE variant (module doc): every variant is the
     Solver's own engine (``Solver.train_iteration`` through its run plan) in one numerics mode."""
-    from dataclasses import replace
-
-    from repro.engine.modes import MODES
-    from repro.solver import Solver
-
     net_kind, mode = variant.split("_", 1)
     frozen = 0 if net_kind == "base" else int(net_kind[len("frozen"):])
     solver = Solver(solver_param(net_path, batch, frozen), device=device)  # builds nets: faithful numerics
@@ -138,40 +133,60 @@ def build(variant: str, net_path, batch: int, device):
     return solver.train_iteration, solver
 
 
-# ---------------------------------------------------------------------------------------------- timing
+# ---------------------------------------------------------------------------------------------- the tool's path
 
 
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+def tool_solver(net_path, store: Path, mean_file: Path, batch: int, max_iter: int, display: int):
+    """The solver a ``tools/train_base.py`` run of this net would get, on the synthetic store: the net's Data
+    layers read `store` (mean image `mean_file`), at `batch`; the paper's SGD settings; no test nets; a train
+    record in log.jsonl every `display` iterations; the final snapshot (snapshot_after_train) only."""
+    net = read_net(net_path)
+    for layer in net.layer:
+        if layer.type == "Data":
+            layer.data_param.source, layer.data_param.batch_size = str(store), batch
+            layer.transform_param.mean_file = str(mean_file)
+    sp = caffe_pb2.SolverParameter()
+    sp.net_param.CopyFrom(net)
+    sp.base_lr, sp.lr_policy, sp.gamma, sp.stepsize = 0.01, "step", 0.1, 100000
+    sp.momentum, sp.weight_decay, sp.max_iter, sp.random_seed, sp.display = 0.9, 5e-4, max_iter, 1, display
+    return sp
 
 
-def timed(fn, iters: int, warmup: int, batch: int, device, rounds: int = 3) -> float:
-    """images/s of fn() after `warmup` calls: the best of `rounds` blocks of iters/rounds calls (as timeit
-    does: the fastest block is the one least disturbed by other work on the machine)."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    per = max(1, -(-iters // rounds))
-    best = 0.0
-    for _ in range(rounds):
-        t = time.perf_counter()
-        for _ in range(per):
-            fn()
-        sync(device)
-        best = max(best, per * batch / (time.perf_counter() - t))
-    return best
+def time_tool(net_path, store: Path, mean: np.ndarray, batch: int, iters: int, warmup: int, device,
+              out: Path, numerics: str = "faithful") -> dict:
+    """Time ``repro.train.run`` (what train_base / transfer / run_grid call: run folder, the Data layer's own
+    reading, log.jsonl with an fsync per record, snapshots, final weights) for warmup + iters + 1 iterations
+    on `device`, in the numerics mode `numerics` (the tools' ``--numerics``).
+
+    The net's own solver.prototxt gives ``display`` (capped at iters / 3, so the timed window holds at least
+    3 blocks between records) and ``snapshot``. From log.jsonl's timestamps, the iterations from the first
+    train record at or after `warmup` to the last one are timed in blocks of ``display``: ``iter_s`` is the
+    best block's seconds per iteration, as the harness's ``timed`` takes its best block; ``iter_s_mean`` the
+    whole window's. ``end_s``: what the run spends after its last iteration (snapshot, final.caffemodel /
+    final.pt, summary), which a real run pays once per ``snapshot`` iterations: ``images_per_s`` amortises it
+    over them, so it is the rate of the whole tool run."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_mean(out / "mean.binaryproto", mean.astype(np.float32))
+    real = read_solver(Path(net_path).parent / "solver.prototxt")
+    display = max(1, min(real.display or 1, iters // 3))
+    max_iter = warmup + iters + 1
+    run(tool_solver(net_path, store, out / "mean.binaryproto", batch, max_iter, display), out / "run",
+        device=str(device), numerics=numerics, onnx=False, log=lambda *_: None)
+    t_end = time.time()
+    recs = {r["iter"]: r["time"] for r in read_records(out / "run" / "log.jsonl") if r.get("type") == "train"}
+    window = sorted(i for i in recs if warmup <= i < max_iter)  # record i is written after update i
+    first, last = window[0], window[-1]
+    iter_s_mean = (recs[last] - recs[first]) / (last - first)
+    iter_s = min((recs[b] - recs[a]) / (b - a) for a, b in zip(window, window[1:]))
+    end_s = max(0.0, t_end - recs[last] - (max_iter - 1 - last) * iter_s_mean)
+    snapshot_every = real.snapshot or max_iter
+    return {"iter_s": iter_s, "iter_s_mean": iter_s_mean, "end_s": end_s, "display": display,
+            "snapshot_every": snapshot_every,
+            "window_iters": last - first, "images_per_s": batch / (iter_s + end_s / snapshot_every),
+            "images_per_s_no_end": batch / iter_s}
 
 
-def free(device):
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-
-
-def peak_gib(device):
-    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+# ---------------------------------------------------------------------------------------------- loop
 
 
 class Cycle:
@@ -194,7 +209,7 @@ class Cycle:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--device", default=default_device(), choices=("cpu", "cuda"))
     ap.add_argument("--quick", action="store_true", help="tiny sizes (small net, batch 16, few iterations)")
     ap.add_argument("--net", choices=tuple(NETS), help="caffenet (default) or small (default with --quick)")
     ap.add_argument("--batch", type=int, help="batch size (default: 256 caffenet, 64 small, 16 quick)")
@@ -205,16 +220,13 @@ def main(argv=None) -> int:
     ap.add_argument("--workers", type=int, help="our reader threads (default min(8, cores/2))")
     ap.add_argument("--base-workers", type=int, help="baseline DataLoader processes (default cores-2, <= 12)")
     ap.add_argument("--variants", help=f"comma list (default {FULL_VARIANTS}; quick {QUICK_VARIANTS})")
-    ap.add_argument("--sections", default="loader,step,e2e", help="which of loader,step,e2e to run")
+    ap.add_argument("--sections", default="loader,step,e2e,tool", help="which of loader,step,e2e,tool to run")
+    ap.add_argument("--tool-modes", default="faithful",
+                    help="numerics modes of the tool section's runs (comma list of faithful,fp32,tf32,fast); each "
+                         "is compared with its harness variant (base_fp32, base_fp32bench, base_tf32, base_fast)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the baseline (ratios are then absent)")
     ap.add_argument("--json", help="write all numbers to this file")
     a = ap.parse_args(argv)
-
-    from repro.data.device_feed import DeviceFeed
-    from repro.data.device_feed import default_workers as feed_workers
-    from repro.data.transform import TransformSpec
-    from repro.net import Net
-    from repro.numerics import numerics_state, set_faithful
 
     net_name = a.net or ("small" if a.quick else "caffenet")
     net_path, size, crop, classes = NETS[net_name]
@@ -223,18 +235,13 @@ def main(argv=None) -> int:
     warmup = a.warmup if a.warmup is not None else (1 if a.quick else 5)
     variants = (a.variants or (QUICK_VARIANTS if a.quick else FULL_VARIANTS)).split(",")
     sections = set(a.sections.split(","))
-    device = torch.device(a.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        print("CUDA is not available", file=sys.stderr)
-        return 2
+    device = pick_device(a.device)
     workers = a.workers or (2 if a.quick else feed_workers())
     base_workers = a.base_workers if a.base_workers is not None else (2 if a.quick else default_workers())
-    res = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "command": " ".join(sys.argv), "net": net_name,
-           "batch": batch, "iters": iters, "warmup": warmup, "device": str(device), "torch": torch.__version__,
-           "host": platform.node(), "cpus": os.cpu_count(), "our_workers": workers, "baseline_workers": base_workers,
-           "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor(),
-           "images_per_s": {}, "ratios": {}, "peak_mem_gib": {}}
-    print(f"device {res['gpu'] or device}, torch {torch.__version__}, {net_name} batch {batch}, "
+    res = {**environment(device), "command": command_line("benchmarks.train_throughput", argv), "net": net_name,
+           "batch": batch, "iters": iters, "warmup": warmup, "our_workers": workers,
+           "baseline_workers": base_workers, "images_per_s": {}, "ratios": {}, "peak_mem_gib": {}}
+    print(f"device {res['gpu'] or res['cpu']}, torch {torch.__version__}, {net_name} batch {batch}, "
           f"{iters} timed iterations after {warmup}", flush=True)
 
     def record(kind, name, value):
@@ -246,10 +253,12 @@ def main(argv=None) -> int:
     ref_net = Net(net_path, "TRAIN", input_shapes={"data": (batch, 3, crop, crop)})
     with tempfile.TemporaryDirectory(prefix="repro-bench-") as tmp:
         tmp = Path(tmp)
-        need_data = bool(sections & {"loader", "e2e"})
+        need_data = bool(sections & {"loader", "e2e", "tool"})
         if need_data:
-            store, mean = make_data(tmp, a.images or (256 if a.quick else 20480), a.jpegs or (128 if a.quick else 8192),
-                                    size, classes)
+            jpegs = a.jpegs or (128 if a.quick else 8192)
+            if a.no_baseline or not sections & {"loader", "e2e"}:
+                jpegs = 0  # only the baseline reads JPEGs
+            store, mean = make_data(tmp, a.images or (256 if a.quick else 20480), jpegs, size, classes)
             spec = TransformSpec(crop_size=crop, mirror=True, mean=mean)
             mean_rgb = mean[::-1].copy()
 
@@ -322,9 +331,28 @@ def main(argv=None) -> int:
                 print(f"variant {v} failed: {type(e).__name__}: {e}", flush=True)
             set_faithful(True)
 
+        # the tools' own path: repro.train.run on the same store, against the harness's matching step ------
+        if "tool" in sections:
+            for mode in a.tool_modes.split(","):
+                free(device)
+                set_faithful(True)
+                tool = time_tool(net_path, store.path, mean, batch, iters, warmup, device, tmp / f"tool_{mode}", mode)
+                res.setdefault("tool", {})[mode] = tool
+                name = "tool" if mode == "faithful" else f"tool_{mode}"
+                record("images_per_s", name, tool["images_per_s"])
+                print(f"{name}: {1000 * tool['iter_s']:.1f} ms/iteration, {tool['end_s']:.2f} s after the last one "
+                      f"(snapshot, final weights), amortised over {tool['snapshot_every']} iterations", flush=True)
+                variant = TOOL_VARIANT[mode]
+                engine = res["images_per_s"].get(f"step_{variant}")
+                if engine:
+                    record("ratios", "tool_vs_engine" if mode == "faithful" else f"tool_vs_engine_{mode}",
+                           tool["images_per_s"] / engine)
+                else:
+                    print(f"{name}: no ratio without the {variant} variant in the step section", flush=True)
+            set_faithful(True)
+
     if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1) + "\n")
+        write_json(a.json, res)
     return 1 if res.get("errors") else 0
 
 

@@ -1,7 +1,7 @@
 """Where our own net files live: ``prototxt/<net>/{train_val,deploy,solver}.prototxt``.
 
-In a source checkout that is the repository's ``prototxt/`` folder; an installed package carries a copy in
-``repro/resources/prototxt/`` (the first of the two that exists wins).
+In a source checkout that is the repository's ``prototxt/`` folder; a package built with a copy in
+``repro/resources/prototxt/`` finds it there (the first of the two that exists wins).
 """
 from __future__ import annotations
 

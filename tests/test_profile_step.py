@@ -1,7 +1,6 @@
-"""benchmarks/profile_step.py: the step's profiled time is split into categories that add up, and the split
+"""benchmarks.profile_step: the step's profiled time is split into categories that add up, and the split
 sees what the variants change (a frozen prefix has no conv backward; our im2col weight gradient is told apart
 from the input gradient). Tiny CPU runs of the small net; no timing is asserted."""
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -15,10 +14,9 @@ CONV_BWD = ("conv_dgrad", "conv_wgrad_native", "conv_wgrad_im2col", "conv_bwd_un
 
 @pytest.fixture(scope="module")
 def ps():
-    spec = importlib.util.spec_from_file_location("profile_step", REPO / "benchmarks" / "profile_step.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    from benchmarks import profile_step
+
+    return profile_step
 
 
 def _run(ps, tmp_path, variant, *extra):

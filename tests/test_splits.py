@@ -99,13 +99,13 @@ def test_study_datasets_names_match_the_paper():
 def test_bad_inputs_get_specific_errors(tmp_path):
     bad = tmp_path / "list.txt"
     bad.write_text("a.jpg 1\nb.jpg\n")
-    with pytest.raises(SplitError, match=r"list.txt:2: expected 'name label'"):
+    with pytest.raises(SplitError, match=r"list.txt:2: expected 'relative/path label'"):
         read_file_list(bad)
     bad.write_text("a.jpg 1\nb.jpg 1000\n")
-    with pytest.raises(SplitError, match=r"list.txt:2: label 1000 outside 0..999"):
+    with pytest.raises(SplitError, match=r"list.txt:2: label 1000 of 'b.jpg' is out of range \(expected 0..999\)"):
         read_file_list(bad)
     bad.write_text("a.jpg x\n")
-    with pytest.raises(SplitError, match=r"list.txt:1: label must be an integer"):
+    with pytest.raises(SplitError, match=r"list.txt:1: label 'x' of 'a.jpg' is not an integer"):
         read_file_list(bad)
     with pytest.raises(SplitError, match=r"in both halves: \[1\], missing: \[3\]"):
         check_partition([0, 1], [1, 2], 4)
@@ -115,7 +115,7 @@ def test_image_folder_is_listed_in_synset_order(tmp_path):
     for wnid, files in {"n01443537": ["b.JPEG", "a.JPEG"], "n01440764": ["z.JPEG", "notes.txt"]}.items():
         (tmp_path / wnid).mkdir()
         for fn in files:
-            (tmp_path / wnid / fn).write_bytes(b"")
+            (tmp_path / wnid / fn).write_bytes(b"\xff\xd8")  # not empty: an empty image file is a DataError
     assert list_image_folder(tmp_path) == [("n01440764/z.JPEG", 0), ("n01443537/a.JPEG", 1),
                                            ("n01443537/b.JPEG", 1)]
     (tmp_path / "train").mkdir()

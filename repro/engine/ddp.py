@@ -33,6 +33,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..data.device_feed import DeviceFeed
 from ..errors import ReproError
 
 
@@ -151,8 +152,6 @@ def data_parallel(solver, *, rank: int, world: int, data_root=None):
     """Make ``solver`` (built from the prototxt's net, global batch in its Data layer) data-parallel: its
     TRAIN Data layer is fed by this rank's DeviceFeed shard of the global batch, and its comm becomes
     :class:`DataParallel`. Returns the feed (close it at the end)."""
-    from ..data.device_feed import DeviceFeed
-
     layers = [n for n in solver.net.layer_names if getattr(solver.net.layer(n), "reads_data", False)]
     if len(layers) != 1:
         raise DistributedError(f"the TRAIN net has {len(layers)} data layers; a distributed run needs exactly one")

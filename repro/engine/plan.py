@@ -27,7 +27,9 @@ from dataclasses import dataclass
 
 import torch
 
+from ..layers import build_layer
 from ..layers.lrn_fused import lrn_across_channels_fused
+from ..prototxt import filter_net, read_net
 
 # Layers kept out of autocast and torch.compile: Caffe's losses and metrics (float32 on purpose; they check
 # labels on the host and read protobuf fields, which would split a compiled graph anyway).
@@ -188,9 +190,6 @@ def feedable(net_param, phase: str = "TRAIN", batch_size: int | None = None):
     :class:`repro.data.loader.Loader`, :class:`repro.data.device_feed.DeviceFeed`, a sharded DDP reader). Returns
     (new NetParameter, {layer name: the replaced LayerParameter}) -- the latter keeps the transform and source
     settings the feeder needs. ``batch_size`` overrides the prototxt's."""
-    from ..layers import build_layer
-    from ..prototxt import filter_net, read_net
-
     src = filter_net(read_net(net_param), phase)
     out = type(src)()
     out.CopyFrom(src)

@@ -330,6 +330,6 @@ class LRN(CaffeLayer):
             # Training on the CPU: one autograd node with Caffe's closed-form backward
             # (LRNLayer::CrossChannelBackward_cpu), saving x and scale only. Its forward is these same ops in
             # the same order (bit-identical); its backward is within ~1e-7 of autograd through them, and ~1.8x
-            # faster at the small net's shapes (tests/test_fast.py). On CUDA, TrainStep's plan fuses instead.
+            # faster at the small net's shapes (tests/test_fast.py). On CUDA, the engine's NetPlan fuses instead.
             return (lrn_across_channels_fused(x, self.size, self.alpha, self.beta, self.k),)
         return (lrn_across_channels(x, self.size, self.alpha, self.beta, self.k),)

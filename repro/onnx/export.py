@@ -17,7 +17,7 @@ file can be read side by side with its prototxt. The naming scheme (docs/ONNX.md
   the graph outputs are the blobs no kept layer consumes (``prob`` for a deploy net, ``fc8`` for a
   train_val net whose loss and accuracy layers are dropped with the ``label`` they read).
 
-Pure numpy/onnx: no torch here (see repro/onnx_io.py for export from a repro.Net).
+Pure numpy/onnx: no torch here (see repro.onnx.io for export from a repro.Net).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from ..proto import caffe_pb2
 
 OPSET = 17  # >= 13: Softmax over one axis (Caffe's semantics), Dropout ratio as an input.
 IR_VERSION = 8  # the oldest IR that carries opset 17, so older runtimes and Netron read the files.
-PROTOTXT_KEY = "prototxt"  # metadata key of the embedded deploy prototxt (read back by onnx_import)
+PROTOTXT_KEY = "prototxt"  # metadata key of the embedded deploy prototxt (read back by repro.onnx.importer)
 
 # Layers that feed the net: replaced by the graph input (their first top) in the exported graph.
 DATA_TYPES = {"Data", "ImageData", "WindowData", "MemoryData", "HDF5Data", "DummyData", "Input", "Python"}
@@ -327,7 +327,7 @@ def _data_shape(layer, net_param):
 
 def deploy_prototxt(net_param, kept, input_blob, chw) -> str:
     """The exported graph as a deploy prototxt (Input layer + kept layers), embedded in the metadata so
-    onnx_import can rebuild the exact Caffe net (layer parameters, not only what ONNX attributes say)."""
+    repro.onnx.importer can rebuild the exact Caffe net (layer parameters, not only what ONNX attributes say)."""
     out = caffe_pb2.NetParameter(name=net_param.name)
     inp = out.layer.add(name=input_blob, type="Input")
     inp.top.append(input_blob)

@@ -2,7 +2,7 @@
 MaxPool/AveragePool and their Global forms, LRN, Gemm, MatMul(+Add), Dropout, Softmax, Flatten/Reshape,
 Concat, Sum/Add/Max, Sigmoid, Tanh, Identity, Constant. Each node becomes the Caffe layer with the same
 numerics, named after the node, or the file is refused with an error naming every operator or initializer
-that stands in the way (repro/onnx_import.py reads our own exports from their embedded prototxt instead).
+that stands in the way (repro.onnx.importer reads our own exports from their embedded prototxt instead).
 """
 from __future__ import annotations
 

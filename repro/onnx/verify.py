@@ -2,7 +2,7 @@
 forward on one deterministic batch.
 
 The PyTorch side is the net that was exported (``export_onnx`` passes it), or, for ``--check-only``, the
-repro.Net rebuilt from the file itself (repro/onnx_import.py): Caffe-numerics layers on one side,
+repro.Net rebuilt from the file itself (repro.onnx.importer): Caffe-numerics layers on one side,
 onnxruntime's kernels on the other, sharing nothing but the weights. The difference is reported per output
 as ``max |ort - torch| / max |torch|`` (the golden data's measure); the target is 1e-5.
 """
@@ -12,9 +12,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
+import torch
 
 from ..errors import ReproError
-from .importer import load_model
+from .importer import OnnxImportError, deploy_net, load_model, net_from_onnx, onnx_to_caffe
 
 TOLERANCE = 1e-5
 
@@ -45,7 +46,7 @@ class CheckReport:
 
 def providers() -> list[str]:
     """onnxruntime-gpu's CUDA provider where it is installed and sees a GPU, else the CPU one."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # here, not on top: importing it costs ~0.5 s, and only a check needs it
 
     have = ort.get_available_providers()
     return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in have else []) + ["CPUExecutionProvider"]
@@ -92,8 +93,6 @@ def example_batch(model: onnx.ModelProto, batch_size: int = 2, seed: int = 0) ->
 
 def torch_forward(net, feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Forward a repro.Net on the feed (on the device its parameters live on) → numpy outputs."""
-    import torch
-
     params = [p for plist in net.params.values() for p in plist]
     device = params[0].device if params else torch.device("cpu")
     was_training = net.training
@@ -121,8 +120,6 @@ def check_onnx(source, reference=None, *, batch_size: int = 2, seed: int = 0, to
     except OnnxCheckError:
         # The checker's message names the first problem in ONNX terms; ours names every missing initializer
         # or unsupported operator at once, when that is what is wrong.
-        from .importer import OnnxImportError, onnx_to_caffe
-
         try:
             onnx_to_caffe(model, input_shape)
         except OnnxImportError as e:
@@ -131,14 +128,10 @@ def check_onnx(source, reference=None, *, batch_size: int = 2, seed: int = 0, to
     feed = example_batch(model, batch_size, seed)
     got, provider = run_onnx(where if on_disk else model, feed)
     if reference is None:
-        from .importer import net_from_onnx
-
         reference = net_from_onnx(model, input_shape=input_shape)
     elif hasattr(reference, "params") and set(getattr(reference, "inputs", feed)) != set(feed):
         # A train_val net wants labels (and runs its loss layers): compare its weights in the exported
         # deploy net instead.
-        from .importer import deploy_net
-
         weights = {k: [p.detach().cpu().float().numpy() for p in v] for k, v in reference.params.items()}
         reference = deploy_net(model, weights, device=next(iter(reference.parameters())).device)
     is_fn = callable(reference) and not hasattr(reference, "params")

@@ -1,4 +1,4 @@
-"""Figures 2 and 3, the reduced-data curve and Table 1 of the paper, as tables (here) and plots (figures_plot).
+"""Figures 2 and 3, the reduced-data curve and Table 1 of the paper, as tables and plots (the plot_* functions).
 
 Input everywhere: per-net scores, [(net name, metric)] as `repro.study.results.scores` returns them (the metric is the
 mean of a net's 10 best test top-1 values). Names are the cells' names; names that are not cells are ignored

@@ -1,6 +1,6 @@
 """The grid on a Ray cluster: one Ray task per net, holding a GPU; a transfer waits for its base net's result.
 
-Ray (an optional extra: `pip install ray`) does the scheduling that repro/scheduler.py does on one machine:
+Ray (an optional extra: `pip install ray`) does the scheduling that repro.study.scheduler does on one machine:
 each net of a plan (`repro.study.scheduler.plan`) becomes one `@ray.remote` task that asks for `num_gpus` GPUs (Ray
 sets CUDA_VISIBLE_DEVICES, so the task trains on "cuda"; with 0 it trains on the CPU). A transfer's task
 takes its base net's task result (an ObjectRef) as an argument, so Ray starts it only once that base net

@@ -19,7 +19,6 @@ and `whole` (the input list itself).
 from __future__ import annotations
 
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,9 +27,9 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from .. import resources
+from ..atomic import atomic_write_text
+from ..data.sources import IMAGE_EXTENSIONS, index_folder, parse_list
 from ..errors import ReproError
-
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 
 
 class SplitError(ReproError):
@@ -125,22 +124,13 @@ def study_datasets(num_classes: int = resources.NUM_CLASSES,
 # ---- file lists -----------------------------------------------------------------------------------------------
 
 def read_file_list(path: str | os.PathLike, num_classes: int = resources.NUM_CLASSES) -> list[tuple[str, int]]:
-    """`name label` lines (Caffe's convert_imageset list) → [(name, label)], labels checked against num_classes."""
-    entries = []
-    with open(path) as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            if len(fields) != 2:
-                raise SplitError(f"{path}:{lineno}: expected 'name label', got {line.rstrip()!r}")
-            try:
-                label = int(fields[1])
-            except ValueError:
-                raise SplitError(f"{path}:{lineno}: label must be an integer, got {fields[1]!r}") from None
-            if not 0 <= label < num_classes:
-                raise SplitError(f"{path}:{lineno}: label {label} outside 0..{num_classes - 1}")
-            entries.append((fields[0], label))
+    """`name label` lines (Caffe's convert_imageset list, read by repro.data.sources.parse_list: the name is
+    everything before the last space) → [(name, label)], labels checked against num_classes. The first bad
+    line is the error (file:line: why)."""
+    entries, bad = parse_list(path, num_classes)
+    if bad:
+        more = f" (and {len(bad) - 1} more bad lines)" if len(bad) > 1 else ""
+        raise SplitError(f"{bad[0].path}: {bad[0].reason}{more}")
     if not entries:
         raise SplitError(f"{path}: the file list is empty")
     return entries
@@ -150,8 +140,9 @@ def list_image_folder(folder: str | os.PathLike, synsets: Sequence[str] | None =
     """A folder of class subfolders named by WordNet id (ILSVRC2012 train/, or val/ sorted into classes).
 
     Names are relative to `folder` (`n01440764/n01440764_10026.JPEG`), labels follow `synsets` (Caffe's
-    synsets.txt order by default). Lines are ordered by (label, name): the original training list is lost
-    (PROTOCOL.md section 2), and this order only matters for the reduced sets.
+    synsets.txt order by default); the subfolders present are indexed by repro.data.sources.index_folder (an
+    empty class folder or an empty file is a DataError). Lines are ordered by (label, name): the original
+    training list is lost (PROTOCOL.md section 2), and this order only matters for the reduced sets.
     """
     folder = Path(folder)
     synsets = tuple(synsets if synsets is not None else resources.synsets())
@@ -164,19 +155,12 @@ def list_image_folder(folder: str | os.PathLike, synsets: Sequence[str] | None =
         hint = " (give ILSVRC2012's train/ or val/ folder itself)" if {"train", "val"} & set(subdirs) else ""
         raise SplitError(f"{folder}: expected one subfolder per class named by WordNet id (e.g. {synsets[0]}); "
                          f"found {len(subdirs)} subfolders, unknown: {unknown[:5]}{hint}")
-    entries = []
-    for d in subdirs:
-        for root, _, files in os.walk(folder / d):
-            for fn in files:
-                if fn.lower().endswith(IMAGE_EXTENSIONS):
-                    rel = (Path(root) / fn).relative_to(folder).as_posix()
-                    if any(c.isspace() for c in rel):
-                        raise SplitError(f"{folder / rel}: Caffe's file lists cannot hold names with spaces")
-                    entries.append((rel, label_of[d]))
-    if not entries:
-        raise SplitError(f"{folder}: no images ({', '.join(IMAGE_EXTENSIONS)}) under the class subfolders")
-    entries.sort(key=lambda e: (e[1], e[0]))
-    return entries
+    present = sorted(subdirs, key=label_of.__getitem__)
+    entries, _ = index_folder(folder, present, IMAGE_EXTENSIONS)
+    spaced = next((name for name, _ in entries if any(c.isspace() for c in name)), None)
+    if spaced is not None:
+        raise SplitError(f"{folder / spaced}: the paper's list files cannot hold names with spaces")
+    return [(name, label_of[present[i]]) for name, i in entries]
 
 
 def select(entries: Sequence[tuple[str, int]], ds: Dataset) -> list[tuple[str, int]]:
@@ -193,24 +177,13 @@ def select(entries: Sequence[tuple[str, int]], ds: Dataset) -> list[tuple[str, i
     return out
 
 
-def _write_atomic(path: Path, text: str):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_dataset(entries: Sequence[tuple[str, int]], ds: Dataset, out_dir: str | os.PathLike) -> Path:
     """Write `<out_dir>/<ds.name>/files.txt` and `idxmap.txt` exactly as make_reduced_dataset.py formats them."""
     folder = Path(out_dir) / ds.name
-    _write_atomic(folder / "files.txt", "".join(f"{n} {lab:d}\n" for n, lab in select(entries, ds)))
-    _write_atomic(folder / "idxmap.txt",
-                  "# Orig_idx new_idx\n" + "".join(f"{o:d} {n:d}\n" for o, n in ds.idxmap()))
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(folder / "files.txt", "".join(f"{n} {lab:d}\n" for n, lab in select(entries, ds)))
+    atomic_write_text(folder / "idxmap.txt",
+                      "# Orig_idx new_idx\n" + "".join(f"{o:d} {n:d}\n" for o, n in ds.idxmap()))
     return folder
 
 
