@@ -64,3 +64,22 @@ def test_cka_properties():
     assert 0 < linear_cka(x, y) < 1
     with pytest.raises(CKAError, match="same images"):
         linear_cka(x, y[:10])
+
+
+def test_cka_by_layer_of_small_nets(tmp_path):
+    # Same weights -> CKA 1 at every layer; a net with other random weights -> below 1 at the top layers.
+    from conftest import REPO
+
+    from repro.net import Net
+    from repro.study.analysis import cka_by_layer, plot_cka, representations
+    deploy = REPO / "prototxt" / "small" / "deploy.prototxt"
+    for seed in (1, 2):
+        Net(deploy, phase="TEST", seed=seed).save(tmp_path / f"w{seed}.caffemodel")
+    images = np.random.default_rng(0).standard_normal((40, 3, 56, 56)).astype(np.float32) * 30
+    a = representations(deploy, tmp_path / "w1.caffemodel", images, batch=20)
+    assert list(a) == ["conv1", "conv2", "conv3", "conv4", "conv5", "fc6", "fc7", "fc8"]
+    same = cka_by_layer(a, representations(deploy, tmp_path / "w1.caffemodel", images, batch=20))
+    assert all(v == pytest.approx(1.0, abs=1e-9) for v in same.values())
+    other = cka_by_layer(a, representations(deploy, tmp_path / "w2.caffemodel", images, batch=20))
+    assert other["conv1"] < 0.999
+    assert plot_cka({"same": same, "other": other}, tmp_path / "cka")[0].stat().st_size > 0
