@@ -42,3 +42,19 @@ def test_family_structure_in_image_statistics():
     nat = np.isin(np.arange(h.N_CLASSES), h.NATURAL_IDS)
     kind_same = (nat[:, None] == nat[None, :]) & ~same
     assert corr[kind_same].mean() > corr[nat[:, None] != nat[None, :]].mean()
+
+
+def test_ensure_builtin_hierarchical_kind(tmp_path):
+    import pytest
+
+    from repro.data.builtin import ensure_builtin
+    from repro.data.store import Store
+    root = ensure_builtin(tmp_path / "mini", train_per_class=2, val_per_class=1, kind="hierarchical")
+    assert (root / "classes.txt").read_text().split() == list(h.CLASSES)
+    assert [int(v) for v in (root / "half_nat_idx.txt").read_text().split()] == list(h.NATURAL_IDS)
+    s = Store(root / "train")
+    assert len(s) == 2 * h.N_CLASSES and sorted(set(s.labels.tolist())) == list(range(h.N_CLASSES))
+    with pytest.raises(FileExistsError, match="kind=hierarchical"):
+        ensure_builtin(root, train_per_class=2, val_per_class=1)          # the 20-class kind is not this
+    with pytest.raises(ValueError, match="unknown built-in kind"):
+        ensure_builtin(tmp_path / "x", kind="imagenet")

@@ -31,6 +31,9 @@ NATURAL_IDS = tuple(c for c in range(N_CLASSES) if c // CLASSES_PER_FAMILY in NA
 MANMADE_IDS = tuple(c for c in range(N_CLASSES) if c // CLASSES_PER_FAMILY not in NATURAL_FAMILIES)
 PATCH = 20
 SEED = 2014
+TRAIN_PER_CLASS, VAL_PER_CLASS = 300, 50
+CLASSES = tuple(f"{'nat' if c in NATURAL_IDS else 'man'}{c // CLASSES_PER_FAMILY}_{c % CLASSES_PER_FAMILY}"
+                for c in range(N_CLASSES))
 
 
 def family_of(label: int) -> int:
