@@ -82,4 +82,13 @@ def test_cka_by_layer_of_small_nets(tmp_path):
     assert all(v == pytest.approx(1.0, abs=1e-9) for v in same.values())
     other = cka_by_layer(a, representations(deploy, tmp_path / "w2.caffemodel", images, batch=20))
     assert other["conv1"] < 0.999
+    # a transfer net's re-initialised "-new" layers load under their plain names
+    from repro.caffemodel import read_caffemodel, write_caffemodel
+    w = read_caffemodel(tmp_path / "w2.caffemodel")
+    write_caffemodel(tmp_path / "t.caffemodel", "t",
+                     [("fc8-new" if n == "fc8" else n, "InnerProduct" if n.startswith("fc") else "Convolution",
+                       [], [], a) for n, a in w.items() if len(a)])
+    renamed = cka_by_layer(representations(deploy, tmp_path / "w2.caffemodel", images, batch=20),
+                           representations(deploy, tmp_path / "t.caffemodel", images, batch=20))
+    assert renamed["fc8"] == pytest.approx(1.0, abs=1e-9)
     assert plot_cka({"same": same, "other": other}, tmp_path / "cka")[0].stat().st_size > 0

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..caffemodel import read_mean
+from ..caffemodel import read_caffemodel, read_mean
 from ..data.store import Store
 from ..net import Net
 from .cka import CKAError, linear_cka
@@ -40,8 +40,19 @@ def load_images(store_dir: str | os.PathLike, mean_file: str | os.PathLike, coun
 def representations(deploy, weights, images: np.ndarray, batch: int = 100) -> dict[str, np.ndarray]:
     """{layer: (N, features) float64} for every rep layer of the deploy net loaded with `weights`."""
     net = Net(deploy, phase="TEST", input_shapes={"data": (batch,) + images.shape[1:]})
-    net.copy_from(weights)
     layers = rep_layers(net)
+    # A transfer net's re-initialised layers are named "<layer>-new" (repro.study.grid); they are the same
+    # layer of the deploy net, so their weights are copied under the plain name. Every rep layer must be found:
+    # a layer left at its filler values would make CKA meaningless.
+    found = {}
+    for name, arrays in read_caffemodel(weights).items():
+        plain = name[:-4] if name.endswith("-new") else name
+        if plain in net.top_names and len(arrays):
+            net._copy_layer(plain, [np.asarray(a) for a in arrays], f"weights file {os.fspath(weights)!r}")
+            found[plain] = True
+    missing = [n for n in layers if n not in found]
+    if missing:
+        raise CKAError(f"{os.fspath(weights)}: no weights for layer(s) {missing} of {os.fspath(deploy)}")
     out: dict[str, list[np.ndarray]] = {n: [] for n in layers}
     with torch.no_grad():
         for i in range(0, len(images), batch):
