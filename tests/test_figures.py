@@ -2,6 +2,7 @@
 import csv
 import json
 import re
+import statistics
 import subprocess
 import sys
 
@@ -154,7 +155,7 @@ def test_report_from_our_runs(tmp_path):
     assert all(p.stat().st_size > 0 for p in written)
     with open(tmp_path / "out" / "figure2.csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["condition", "n", "top1", "k"]
+    assert list(rows[0]) == ["condition", "n", "top1", "k", "ci95"]
     assert [(r["condition"], r["n"], r["k"]) for r in rows] == [("base", "0", "2"), ("AnB", "3", "1")]
     assert float(rows[0]["top1"]) == pytest.approx(0.56)     # each run: mean of its (3 < 10) test points
     md = (tmp_path / "out" / "results.md").read_text()
@@ -178,3 +179,25 @@ def test_tool_reproduces_the_paper_from_its_logs(shared, tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "tools" / "plot_results.py"), "--out", str(tmp_path)],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 2 and "give --runs and/or --caffe-logs" in r.stderr
+
+
+def test_plot_results_intervals_over_splits(tmp_path):
+    # Four splits (seeds 0..3) of base and AnB at n = 1: each point gets mean ± t_{0.975,k-1} s / sqrt(k).
+    base = [0.60, 0.62, 0.65, 0.63, 0.61, 0.64, 0.66, 0.60]
+    anb = [0.58, 0.61, 0.57, 0.60]
+    for i, top in enumerate(base):
+        _run(tmp_path, f"half{i // 2}{'AB'[i % 2]}", [top - 0.2, top])
+    for i, top in enumerate(anb):
+        _run(tmp_path, f"transfer{i}A{i}B_1_1", [top])
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "plot_results.py"), "--runs", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "out"), "--no-paper"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    with open(tmp_path / "out" / "figure2.csv") as f:
+        rows = {(row["condition"], int(row["n"])): row for row in csv.DictReader(f)}
+    # each base run's metric: the mean of its 2 test points (top - 0.1 on average)
+    b = [t - 0.1 for t in base]
+    t7, t3 = 2.3646242510102993, 3.182446305284263     # t_{0.975,7} and t_{0.975,3} (standard tables)
+    assert float(rows[("base", 0)]["ci95"]) == pytest.approx(t7 * statistics.stdev(b) / 8 ** 0.5, rel=1e-6)
+    assert float(rows[("AnB", 1)]["ci95"]) == pytest.approx(t3 * statistics.stdev(anb) / 2, rel=1e-6)
+    assert float(rows[("AnB", 1)]["top1"]) == pytest.approx(statistics.mean(anb), rel=1e-6)
+    assert (tmp_path / "out" / "figure2.png").stat().st_size > 0

@@ -1,9 +1,11 @@
-"""The mini study: Figure 2 of the paper for one random split of the built-in data, in one command on a CPU.
+"""The mini study: Figure 2 of the paper for the random splits of the built-in data, in one command on a CPU.
 
-  python tools/mini_study.py                       # split 0, 2 CPU workers, runs/mini -> report/mini
-  python tools/mini_study.py --split 1 --workers 1 --threads 2
+  python tools/mini_study.py                       # splits 0-3, 2 CPU workers, runs/mini -> report/mini
+  python tools/mini_study.py --split 0 --workers 1 --threads 2      # one split only
 
-30 nets: half0A and half0B, then from half0A's base the selffers (BnB, here A->A) and the transfers to B (AnB),
+30 nets per split (the paper's seeds 0..3 idea: each point of the figure is then the mean over splits, drawn
+with its 95% Student-t interval): half<s>A and half<s>B, then from half<s>A's base the selffers (BnB, here
+A->A) and the transfers to B (AnB),
 frozen and fine-tuned (BnB+, AnB+), for n = 1..7 (tools/run_grid.py --mini runs the same selection).
 Every net uses the small net's solver (prototxt/small/solver.prototxt), as the paper's transfer nets use their
 base nets' solver, with its schedule stretched to --max-iter iterations (default 1200 for its 600: stepsize,
@@ -22,7 +24,8 @@ from repro.study.scheduler import MINI_MAX_ITER, MINI_TEST_INTERVAL, mini_cells,
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--split", default="0", choices=("0", "1", "2", "3"), help="random split (default 0)")
+    p.add_argument("--split", nargs="+", default=["0", "1", "2", "3"], choices=("0", "1", "2", "3"),
+                   help="random splits to run (default: all four, 0 1 2 3)")
     p.add_argument("--workers", type=int, default=2, help="nets trained at once, one per CPU worker (default 2)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per worker (default 1)")
     p.add_argument("--max-iter", type=int, default=MINI_MAX_ITER,
@@ -35,7 +38,7 @@ def main(argv=None):
     a = p.parse_args(argv)
     t0 = time.time()
     st = builtin_study(runs=a.runs, root=a.root, max_iter=a.max_iter, test_interval=a.test_interval)
-    jobs = plan(st, mini_cells(a.split))
+    jobs = plan(st, [c for s in a.split for c in mini_cells(s)])
     status = run_plan(st, jobs, ["cpu"] * a.workers, threads=a.threads)
     bad = {k: v for k, v in status.items() if not (v == "done" or v.startswith("skipped"))}
     print(summarise_status(status) + f"; {(time.time() - t0) / 60:.1f} min")
@@ -48,7 +51,8 @@ def main(argv=None):
     written = write_report(net_scores, a.out, paper=resources.paper_scores())
     print(f"{len(net_scores)} nets -> {len(written)} files in {a.out}")
     for row in figure2_table(net_scores):
-        print(f"{row['condition']:5s} n={row['n']}  top-1 {row['top1']:.4f}  ({row['k']} nets)")
+        ci = f" ± {row['ci95']:.4f} (95% t interval)" if row["ci95"] is not None else ""
+        print(f"{row['condition']:5s} n={row['n']}  top-1 {row['top1']:.4f}{ci}  ({row['k']} nets)")
     return 1 if bad else 0
 
 

@@ -56,13 +56,23 @@ from .procedural import (  # noqa: F401
     render_class,
 )
 
-
 # ------------------------------------------------------------------------------------------------ on disk
-def _names(part: str, per_class: int) -> list[str]:
-    return [f"{part}/{c}/{c}_{i:04d}.png" for c in CLASSES for i in range(per_class)]
+KINDS = ("procedural", "hierarchical")   # the 20-class set (tests, default) and repro.data.hierarchical's 48
 
 
-def _write_store(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str], seed: int):
+def _kind(kind: str):
+    if kind not in KINDS:
+        raise ValueError(f"unknown built-in kind {kind!r}; one of {KINDS}")
+    from . import hierarchical, procedural
+    return procedural if kind == "procedural" else hierarchical
+
+
+def _names(part: str, per_class: int, classes=CLASSES) -> list[str]:
+    return [f"{part}/{c}/{c}_{i:04d}.png" for c in classes for i in range(per_class)]
+
+
+def _write_store(folder: Path, images: np.ndarray, labels: np.ndarray, names: list[str], seed: int,
+                 classes=CLASSES):
     from .store import FORMAT, IMAGES, LABELS, MANIFEST, NAMES
     from .store import VERSION as SV
 
@@ -72,33 +82,40 @@ def _write_store(folder: Path, images: np.ndarray, labels: np.ndarray, names: li
     (folder / NAMES).write_text("".join(f"{n} {l}\n" for n, l in zip(names, labels)))
     n, c, h, w = images.shape
     manifest = {"format": FORMAT, "version": SV, "count": n, "channels": c, "height": h, "width": w,
-                "dtype": "uint8", "layout": "NCHW", "color": "BGR", "classes": list(CLASSES),
+                "dtype": "uint8", "layout": "NCHW", "color": "BGR", "classes": list(classes),
                 "source": "repro.data.builtin", "resize": [h, w], "shuffle": folder.name == "train", "seed": seed,
                 "bad": 0,
                 "decoder": "generated (repro.data.builtin)"}
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _complete(root: Path) -> bool:
+def _complete(root: Path, version: int = VERSION) -> bool:
     m = root / "manifest.json"
     if not m.is_file():
         return False
     try:
-        return json.loads(m.read_text()).get("builtin_version") == VERSION
+        return json.loads(m.read_text()).get("builtin_version") == version
     except json.JSONDecodeError:
         return False
 
 
 def ensure_builtin(root: str | os.PathLike = "data/builtin", *, train_per_class: int = TRAIN_PER_CLASS,
-                   val_per_class: int = VAL_PER_CLASS, seed: int = SEED) -> Path:
-    """Generate the built-in dataset at `root` unless it is already there; returns `root` (see module doc)."""
+                   val_per_class: int = VAL_PER_CLASS, seed: int = SEED, kind: str = "procedural") -> Path:
+    """Generate the built-in dataset at `root` unless it is already there; returns `root` (see module doc).
+
+    kind: "procedural" (the 20 classes above) or "hierarchical" (repro.data.hierarchical: 48 classes in 8
+    families of shared parts, ImageNet's structure in miniature; its classes/natural/man-made lists replace
+    these)."""
     root = Path(root)
-    if _complete(root):
+    gen = _kind(kind)
+    classes, natural, manmade = gen.CLASSES, gen.NATURAL_IDS, gen.MANMADE_IDS
+    if _complete(root, gen.VERSION):
         m = json.loads((root / "manifest.json").read_text())
-        if (m["train_per_class"], m["val_per_class"], m["seed"]) != (train_per_class, val_per_class, seed):
+        if (m["train_per_class"], m["val_per_class"], m["seed"], m.get("kind", "procedural")) != \
+                (train_per_class, val_per_class, seed, kind):
             raise FileExistsError(f"{root} holds the built-in data with train_per_class={m['train_per_class']}, "
-                                  f"val_per_class={m['val_per_class']}, seed={m['seed']}; remove it or pick "
-                                  "another root")
+                                  f"val_per_class={m['val_per_class']}, seed={m['seed']}, "
+                                  f"kind={m.get('kind', 'procedural')}; remove it or pick another root")
         return root
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not the built-in dataset; refusing to write into it")
@@ -108,24 +125,24 @@ def ensure_builtin(root: str | os.PathLike = "data/builtin", *, train_per_class:
     os.umask(umask)
     os.chmod(work, 0o777 & ~umask)  # mkdtemp makes it private; the dataset is not
     try:
-        xtr, ytr, xva, yva = generate(train_per_class, val_per_class, seed)
-        ntr, nva = _names("train", train_per_class), _names("val", val_per_class)
+        xtr, ytr, xva, yva = gen.generate(train_per_class, val_per_class, seed)
+        ntr, nva = _names("train", train_per_class, classes), _names("val", val_per_class, classes)
         # train: shuffled once, like convert_imageset --shuffle, so Caffe's sequential cursor mixes classes
         perm = np.random.RandomState(seed).permutation(len(ytr))
         xtr, ytr, ntr = xtr[perm], ytr[perm], [ntr[i] for i in perm]
-        _write_store(work / "train", xtr, ytr, ntr, seed)
-        _write_store(work / "val", xva, yva, nva, seed)
+        _write_store(work / "train", xtr, ytr, ntr, seed, classes)
+        _write_store(work / "val", xva, yva, nva, seed, classes)
         (work / "train_files.txt").write_text("".join(f"{n} {l}\n" for n, l in zip(ntr, ytr)))
         (work / "val_files.txt").write_text("".join(f"{n} {l}\n" for n, l in zip(nva, yva)))
-        (work / "classes.txt").write_text("".join(f"{c}\n" for c in CLASSES))
-        (work / "half_nat_idx.txt").write_text("".join(f"{i}\n" for i in NATURAL_IDS))
-        (work / "half_man_idx.txt").write_text("".join(f"{i}\n" for i in MANMADE_IDS))
+        (work / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+        (work / "half_nat_idx.txt").write_text("".join(f"{i}\n" for i in natural))
+        (work / "half_man_idx.txt").write_text("".join(f"{i}\n" for i in manmade))
         from ..caffemodel import write_mean
         from .store import compute_mean
 
         write_mean(work / "mean.binaryproto", compute_mean(iter(xtr)))
-        manifest = {"builtin_version": VERSION, "seed": seed, "classes": list(CLASSES),
-                    "natural": list(NATURAL_IDS), "man_made": list(MANMADE_IDS),
+        manifest = {"builtin_version": gen.VERSION, "kind": kind, "seed": seed, "classes": list(classes),
+                    "natural": list(natural), "man_made": list(manmade),
                     "train_per_class": train_per_class, "val_per_class": val_per_class,
                     "image_size": SIZE, "crop_size": CROP, "train": len(ytr), "val": len(yva)}
         (work / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")  # last: marks complete
@@ -134,7 +151,7 @@ def ensure_builtin(root: str | os.PathLike = "data/builtin", *, train_per_class:
         os.replace(work, root)
     except OSError:
         shutil.rmtree(work, ignore_errors=True)
-        if _complete(root):  # another process finished first
+        if _complete(root, gen.VERSION):  # another process finished first
             return root
         raise
     except BaseException:

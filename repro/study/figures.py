@@ -16,6 +16,7 @@ from collections import defaultdict
 from typing import Iterable, Mapping
 
 from .grid import Cell, GridError, cell_from_name
+from .intervals import mean_ci
 
 FIG2_CONDITIONS = ("base", "BnB", "BnB+", "AnB", "AnB+")
 TABLE1_RANGES = ((1, 7), (3, 7), (5, 7))
@@ -66,14 +67,18 @@ def base_mean(net_scores) -> float | None:
 
 
 def figure2_table(net_scores) -> list[dict]:
-    """Rows {condition, n, top1, k}: the base mean at n = 0, then each condition's per-n mean for n = 1..7."""
+    """Rows {condition, n, top1, k, ci95}: the base mean at n = 0, then each condition's per-n mean for n = 1..7.
+
+    ci95 is the half-width of the two-sided 95% Student-t interval of the mean over the k nets (None for k < 2).
+    """
     nets = figure2_nets(net_scores)
     rows = []
     for cond in FIG2_CONDITIONS:
         for n in ([0] if cond == "base" else LAYERS):
             vals = nets.get((cond, n), [])
             if vals:
-                rows.append({"condition": cond, "n": n, "top1": _mean(vals), "k": len(vals)})
+                rows.append({"condition": cond, "n": n, "top1": _mean(vals), "k": len(vals),
+                             "ci95": mean_ci(vals)[1]})
     return rows
 
 
@@ -146,7 +151,10 @@ def table1(net_scores, ranges=TABLE1_RANGES) -> list[dict]:
             "layers": f"{lo}-{hi}", "anb_plus": a, "base": base, "bnb_plus": b,
             "boost_over_base": _diff(a, base), "boost_over_bnb_plus": _diff(a, b),
             "boost_over_base_per_n": _diff(ap_n, base), "boost_over_bnb_plus_per_n": _diff(ap_n, bp_n),
-            "k_anb_plus": len(ap), "k_bnb_plus": len(bp)})
+            "k_anb_plus": len(ap), "k_bnb_plus": len(bp),
+            # Half-width of the 95% t interval of the pooled AnB+ mean (the base mean taken as fixed): the
+            # boost's sampling error over the AnB+ nets.
+            "boost_over_base_ci95": mean_ci(ap)[1]})
     return rows
 
 
@@ -232,6 +240,12 @@ def plot_figure2(net_scores, stem, paper=None) -> list:
     for cond, (xs, ys) in lines.items():
         _, mk, face, line = _FIG2_STYLE[cond]
         bot.plot(xs, ys, "-" + mk, color=line, mfc=face, mec="black", label=cond)
+    # Mean ± 95% t interval wherever a point has more than one net (e.g. the mini study's split seeds).
+    for r in figure2_table(net_scores):
+        if r["ci95"] is not None:
+            dx, _, _, line = _FIG2_STYLE.get(r["condition"], (0.0, "", "", "black"))
+            bot.errorbar([r["n"] + dx * 0.3], [r["top1"]], yerr=[r["ci95"]], color=line, capsize=2, lw=1,
+                         ls="none")
     if paper is not None:
         for i, (xs, ys) in enumerate(_fig2_lines(paper)[1].values()):
             bot.plot(xs, ys, label="paper" if i == 0 else None, **_PAPER)
@@ -299,11 +313,12 @@ def plot_reduced(net_scores, stem, paper=None) -> list:
 
 
 # ---- tables on disk ---------------------------------------------------------------------------------------------
-FIG2_COLUMNS = ("condition", "n", "top1", "k")
+FIG2_COLUMNS = ("condition", "n", "top1", "k", "ci95")
 FIG3_COLUMNS = ("series", "n", "top1", "relative", "k")
 REDUCED_COLUMNS = ("per_class", "top1", "k")
 TABLE1_COLUMNS = ("layers", "anb_plus", "base", "bnb_plus", "boost_over_base", "boost_over_bnb_plus",
-                  "boost_over_base_per_n", "boost_over_bnb_plus_per_n", "k_anb_plus", "k_bnb_plus")
+                  "boost_over_base_per_n", "boost_over_bnb_plus_per_n", "k_anb_plus", "k_bnb_plus",
+                  "boost_over_base_ci95")
 
 
 def _fmt(v, digits=7):
@@ -375,7 +390,7 @@ def write_report(net_scores, out_dir, paper=None) -> list:
         if name == "table1":   # in percent, as published
             rows, prow = _pct(rows), (_pct(prow) if prow is not None else None)
             shown = ("layers", "boost_over_base", "boost_over_bnb_plus", "boost_over_base_per_n",
-                     "boost_over_bnb_plus_per_n", "k_anb_plus", "k_bnb_plus")
+                     "boost_over_bnb_plus_per_n", "k_anb_plus", "k_bnb_plus", "boost_over_base_ci95")
             md += ["", "## Table 1 (boost of AnB+, percentage points)", "",
                    _md_table(rows, shown, prow, key, shown[1:5], decimals=2)]
         else:

@@ -1,0 +1,43 @@
+"""Per-layer linear CKA of trained nets against a base net on the same validation images, with a figure.
+
+  python tools/analyze.py --base runs/mini/half0A --nets runs/mini/half0B runs/mini/transfer0A0B_1_3 --out report/cka
+
+Each run folder's final.caffemodel is loaded into the deploy net (default prototxt/small/deploy.prototxt); the
+first --images images of the validation store (default data/builtin/val) are centre-cropped and mean-subtracted
+(default mean data/builtin/mean.binaryproto). Writes cka.csv (net, layer, cka) and cka.png/.pdf.
+"""
+import argparse
+from pathlib import Path
+
+from repro.atomic import atomic_write_text
+from repro.cli import tool_main
+from repro.study.analysis import cka_by_layer, load_images, plot_cka, representations
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--base", required=True, help="run folder of the reference net (its final.caffemodel)")
+    p.add_argument("--nets", nargs="+", required=True, help="run folders to compare with the base")
+    p.add_argument("--deploy", default="prototxt/small/deploy.prototxt")
+    p.add_argument("--val", default="data/builtin/val", help="image store of the validation images")
+    p.add_argument("--mean", default="data/builtin/mean.binaryproto")
+    p.add_argument("--images", type=int, default=500)
+    p.add_argument("--crop", type=int, default=56)
+    p.add_argument("--out", default="report/cka")
+    a = p.parse_args(argv)
+    images = load_images(a.val, a.mean, a.images, a.crop)
+    base = representations(a.deploy, Path(a.base) / "final.caffemodel", images)
+    rows = {}
+    for d in a.nets:
+        rows[Path(d).name] = cka_by_layer(base, representations(a.deploy, Path(d) / "final.caffemodel", images))
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = ["net,layer,cka"] + [f"{n},{layer},{v:.6f}" for n, r in rows.items() for layer, v in r.items()]
+    atomic_write_text(out / "cka.csv", "\n".join(lines) + "\n")
+    plot_cka(rows, out / "cka")
+    for n, r in rows.items():
+        print(n + ": " + "  ".join(f"{layer} {v:.3f}" for layer, v in r.items()))
+
+
+if __name__ == "__main__":
+    tool_main("analyze", main)
