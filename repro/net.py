@@ -374,7 +374,7 @@ class Net(nn.Module):
     @classmethod
     def from_onnx(cls, path, phase="TEST", input_shape=None) -> "Net":
         """Rebuild a runnable Net from an ONNX file: one we exported (its embedded prototxt + initializers) or a
-        plain AlexNet-like graph (see repro/onnx_import.py for the operators it maps)."""
+        plain AlexNet-like graph (see repro.onnx.translate for the operators it maps)."""
         from .onnx.importer import net_from_onnx
 
         return net_from_onnx(path, phase=phase, input_shape=input_shape)

@@ -1,5 +1,6 @@
 """Caffe's SGD solver: ``SGDSolver::ApplyUpdate`` (ClipGradients, Normalize, Regularize, ComputeUpdateValue)
-on PyTorch tensors, and the pycaffe-shaped :class:`Solver` around a :class:`repro.Net`.
+on PyTorch tensors (repro.sgd), and the pycaffe-shaped :class:`Solver` around a :class:`repro.Net`, whose
+``step`` runs every iteration through the engine (repro.engine.plan.NetPlan) in a numerics mode.
 
 Caffe's update, per learnable blob with multipliers (lr_mult, decay_mult)::
 

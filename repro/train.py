@@ -31,9 +31,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from .checkpoint import atomic_torch_save, find_resume_state, tensors_by_layer
+from .numerics import resolve_device
 from .runfolder import (
     CAFFE_LOG,
     FINAL_CAFFEMODEL,
@@ -431,20 +430,8 @@ def _weight_list(weights) -> list[Path]:
     return out
 
 
-def check_device(device) -> torch.device:
-    """The torch device named ``device`` (default cpu); a RunError naming it when this machine lacks it."""
-    try:
-        d = torch.device(device) if device is not None else torch.device("cpu")
-    except (RuntimeError, ValueError, TypeError) as e:
-        raise RunError(f"device {device!r} is not a device name (cpu, cuda, cuda:1, ...): {e}") from None
-    if d.type == "cuda" and not torch.cuda.is_available():
-        raise RunError(f"device {device!r}: CUDA is not available on this machine (torch {torch.__version__}, "
-                       f"CUDA build: {torch.version.cuda or 'none'}); use --device cpu")
-    if d.type == "cuda" and d.index is not None and d.index >= torch.cuda.device_count():
-        raise RunError(f"device {device!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return d
-
-
+# One check of a --device value for every tool (a DeviceError, one line; repro.numerics.resolve_device).
+check_device = resolve_device
 _device = check_device
 
 

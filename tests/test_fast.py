@@ -4,10 +4,13 @@ The faithful pieces must compute what the reference path computes (Solver.step o
 Caffe's golden G1 numbers); fast mode must leave faithful defaults alone and keep float32 master weights.
 CUDA variants are marked ``gpu`` (run with ``pytest -m gpu`` on a GPU machine).
 """
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
 
+from repro import caffe_rng
 from repro.data.device_feed import DeviceFeed, write_store
 from repro.engine.modes import FAITHFUL, apply_numerics
 from repro.engine.plan import NetPlan, feedable
@@ -175,7 +178,8 @@ def _eager_reference(sp, data, weights=None):
     for x in data:
         for w in ref.net.parameters():
             w.grad = None
-        ref.net(**x)
+        with caffe_rng.active(ref.caffe_rng):  # Caffe: Dropout's masks come from the run's caffe_rng()
+            ref.net(**x)
         ref.net.total_loss.backward()
         losses.append(ref.net.total_loss.detach().clone())
         ref.apply_update()
@@ -222,9 +226,14 @@ def test_plan_names_a_missing_input():
         Solver(solver_param(net)).train_iteration({"data": torch.zeros(8, 3, 56, 56)})
 
 
-def test_device_feed_from_the_data_layer_reproduces_solver_step(tmp_path):
+def test_device_feed_from_the_data_layer_reproduces_solver_step(tmp_path, monkeypatch):
     """The net's own Data layer (Solver.step) and a DeviceFeed of the same layer fed from outside: same
-    images, crops, mirrors, hence the same weights, across a feed restore."""
+    images, crops, mirrors, hence the same weights, across a feed restore. DeviceFeed is the CUDA feed, where
+    Caffe (cuRAND) and we (torch's streams) do not use Caffe's CPU generator: the test runs on torch's streams."""
+    import repro.solver
+
+    monkeypatch.setattr(repro.solver, "caffe_rng", SimpleNamespace(CaffeRNG=lambda seed: None,
+                                                                   active=caffe_rng.active))
     rng = np.random.RandomState(0)
     write_store(tmp_path / "train", rng.randint(0, 256, (40, 3, 64, 64)).astype(np.uint8), rng.randint(0, 20, 40))
     net = read_net(SMALL)

@@ -1,12 +1,17 @@
 """G4 (golden/README.md): Caffe's own 30-iteration run from random_seed 1701, replayed with tools/caffe.py in a
 copy of its folder, as ``caffe train`` was run there.
 
-What holds now: the commands run in the folder, name their snapshots as Caffe did (snap_iter_0 from
+What holds: the commands run in the folder, name their snapshots as Caffe did (snap_iter_0 from
 solver_init.prototxt, snap_iter_10/20/30), resume from Caffe's own snap_iter_10.solverstate, and log in lines
-that Caffe's parse_log.py rules read into the same tables (rows and columns) as Caffe's train.log. The same
-*numbers* (bit-exact fillers, the losses of iterations 0-9, the weights at 10 and 30) need Caffe's random
-streams (boost's mt19937 and distributions in Caffe's draw order), which are not in this branch: those
-assertions are strict xfails, so they turn into failures the day the streams land and must then be unmarked.
+that Caffe's parse_log.py rules read into the same tables (rows and columns) as Caffe's train.log. With Caffe's
+random streams (repro.caffe_rng) the numbers match too: bit-exact initial weights, Caffe's first test accuracy
+exactly, the losses of iterations 0-9 within 1e-3 (measured: 1.6e-6) and the weights at iteration 10 within 1e-3
+of each blob's largest value (measured: 5.6e-5, conv1).
+
+What does not hold: the weights at 30. Float32 training of this net is chaotic: a 1-ulp change of one weight at
+iteration 10 moves iteration 30's weights by ~0.3 of their scale in our own runs, as much as we differ from
+Caffe (summation order differs between Caffe's BLAS and ours), so that assertion stays a strict xfail with a bound
+that would only pass if the trajectories agreed bit for bit.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ from repro.caffemodel import read_caffemodel
 REPO = Path(__file__).resolve().parents[1]
 INPUTS = ("train_val.prototxt", "solver.prototxt", "solver_init.prototxt", "mean.binaryproto", "train_lmdb",
           "val_lmdb")
-NEEDS_RNG = "needs Caffe's random streams (boost mt19937 + distributions in Caffe's draw order), not built yet"
+CHAOTIC = ("float32 training diverges from Caffe's by iteration 30 as fast as from a 1-ulp perturbation of our own "
+           "run: only a bit-identical trajectory (same BLAS summation order) would pass")
 
 pytestmark = pytest.mark.slow
 
@@ -115,27 +121,33 @@ def test_resume_from_caffes_solverstate_runs_to_30(resumed):
     assert (resumed / "snap_iter_30.caffemodel").is_file()
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_RNG)
 def test_init_weights_equal_caffes_bit_for_bit(replay, g4):
     init = read_caffemodel(replay / "snap_iter_0.caffemodel")
     ref = read_caffemodel(g4 / "init_iter_0.caffemodel")
     assert all(np.array_equal(a, b) for k in ref for a, b in zip(init[k], ref[k]))
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_RNG)
 def test_first_losses_and_test_accuracy_match_caffes(replay, g4):
     traj = json.loads((g4 / "trajectory.json").read_text())
     ours = parse_log_files([replay / "ours.log"])
     assert ours.tests[0].top1 == traj["tests"][0]["accuracy"]
+    # 1e-3 relative: ten float32 iterations with another BLAS's summation order (measured 1.6e-6)
     for it in range(10):
         assert ours.train_loss[it] == pytest.approx(traj["losses"][str(it)], rel=1e-3), f"iteration {it}"
 
 
-@pytest.mark.xfail(strict=True, reason=NEEDS_RNG)
-def test_weights_at_10_and_resumed_30_match_caffes(replay, resumed, g4):
-    for folder, i in ((replay, 10), (resumed, 30)):
-        ours = read_caffemodel(folder / f"snap_iter_{i}.caffemodel")
-        ref = read_caffemodel(g4 / f"snap_iter_{i}.caffemodel")
-        for k in ref:
-            for a, b in zip(ours[k], ref[k]):
-                assert np.abs(a - b).max() <= 1e-3 * max(np.abs(b).max(), 1e-12), (i, k)
+def _assert_weights_close(folder, i, g4):
+    ours = read_caffemodel(folder / f"snap_iter_{i}.caffemodel")
+    ref = read_caffemodel(g4 / f"snap_iter_{i}.caffemodel")
+    for k in ref:
+        for a, b in zip(ours[k], ref[k]):
+            assert np.abs(a - b).max() <= 1e-3 * max(np.abs(b).max(), 1e-12), (i, k)
+
+
+def test_weights_at_10_match_caffes(replay, g4):
+    _assert_weights_close(replay, 10, g4)  # 1e-3 of each blob's scale; measured 5.6e-5 (conv1)
+
+
+@pytest.mark.xfail(strict=True, reason=CHAOTIC)
+def test_weights_resumed_to_30_match_caffes(resumed, g4):
+    _assert_weights_close(resumed, 30, g4)

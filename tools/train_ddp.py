@@ -4,7 +4,7 @@
   torchrun --nproc_per_node 2 tools/train_ddp.py --solver S --out DIR --device cpu      # gloo, for testing
 
 The global batch stays the prototxt's batch_size (the paper's 256), split evenly over the processes, so the
-result does not depend on the GPU count (repro/distributed.py). The run folder is the one tools/train_base.py
+result does not depend on the GPU count (repro.engine.ddp). The run folder is the one tools/train_base.py
 writes (repro.train.run); running the same command again resumes from the newest snapshot, on any process
 count that divides the batch. Signals, divergence and exit codes are train_base's: 0 finished, 2 bad input,
 3 stopped, 4 diverged.

@@ -15,7 +15,8 @@ to the uint8 batch. What this adds for a GPU:
 
 ``state_dict()`` / ``load_state_dict()`` resume at the exact batch with the exact draws.
 ``DeviceFeed.from_layer(layer_param, ...)`` reads the store a Net's Data layer names with the seeds the
-Net's own feeder would use, so a TrainStep fed by it reproduces ``Solver.step`` bit for bit (tests/test_fast.py).
+Net's own feeder would use, so a Solver fed by it (``train_iteration``) reproduces ``Solver.step`` bit for bit
+(tests/test_fast.py).
 """
 from __future__ import annotations
 

@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
+from ..atomic import atomic_write_text
 from .checks import BadFile, apply_policy, check_policy
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".pgm", ".pbm", ".tif", ".tiff", ".webp")
@@ -157,6 +158,4 @@ def scan_folder(root: str | os.PathLike, classes: Sequence[str] | None = None,
 
 def write_list(path: str | os.PathLike, entries: Sequence[Entry]):
     """Write a Caffe list file atomically."""
-    from .store import atomic_write_text
-
     atomic_write_text(Path(path), "".join(f"{n} {l}\n" for n, l in entries))

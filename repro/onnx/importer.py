@@ -2,9 +2,9 @@
 
 Two sources:
 
-* files we exported (repro/onnx_export.py) carry their deploy prototxt in the metadata (key ``prototxt``):
+* files we exported (repro.onnx.export) carry their deploy prototxt in the metadata (key ``prototxt``):
   the layers come from it verbatim and the weights from the initializers ``L.weight`` / ``L.bias``;
-* any other AlexNet-like graph is translated node by node by repro/onnx_translate.py.
+* any other AlexNet-like graph is translated node by node by repro.onnx.translate.
 
 Weights come back in Caffe's shapes, so ``read_onnx_weights`` can stand in for ``read_caffemodel``
 (repro.weights.read_weights reads .onnx files with it); they are copied into nets by repro.weights.

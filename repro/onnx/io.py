@@ -2,11 +2,11 @@
 
 * ``export_onnx(source, out_path, ...)``: a repro.Net, a prototxt (+ weights), a run directory or a
   ``.state.pt`` snapshot → ``out_path`` (written atomically, only after it passed ``check_onnx``);
-* ``check_onnx(path, reference=None)``: ONNX checker + onnxruntime vs PyTorch (repro/onnx_verify.py);
-* ``read_onnx_weights(path)``: layer → Caffe blobs, like ``read_caffemodel`` (repro/onnx_import.py);
+* ``check_onnx(path, reference=None)``: ONNX checker + onnxruntime vs PyTorch (repro.onnx.verify);
+* ``read_onnx_weights(path)``: layer → Caffe blobs, like ``read_caffemodel`` (repro.onnx.importer);
 * ``net_from_onnx(path)``: a runnable repro.Net (also ``repro.Net.from_onnx``).
 
-The graph itself is written by repro/onnx_export.py; docs/ONNX.md documents the naming scheme.
+The graph itself is written by repro.onnx.export; docs/ONNX.md documents the naming scheme.
 """
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def copy_from_onnx(net, path) -> list[str]:
 
 
 def _run_dir(path: Path):
-    """(prototxt, weights, metadata) of a run directory (repro/train.py, repro/study.py: val.prototxt,
+    """(prototxt, weights, metadata) of a run directory (repro.train, repro.study.cells: val.prototxt,
     cell.json, final.caffemodel / final.pt; log.jsonl and summary.json for the iteration and accuracy)."""
     protos = [path / n for n in ("val.prototxt", "deploy.prototxt", "train_val.prototxt", "train.prototxt")
               if (path / n).is_file()]

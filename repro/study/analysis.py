@@ -8,14 +8,16 @@ source; how fast CKA falls above n shows how much the retrained layers re-learn.
 from __future__ import annotations
 
 import os
+from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ..caffemodel import read_caffemodel, read_mean
+from ..caffemodel import read_mean
 from ..data.store import Store
 from ..net import Net
+from ..weights import copy_weights, read_weights
 from .cka import CKAError, linear_cka
 
 REP_TYPES = ("Convolution", "InnerProduct")
@@ -44,12 +46,9 @@ def representations(deploy, weights, images: np.ndarray, batch: int = 100) -> di
     # A transfer net's re-initialised layers are named "<layer>-new" (repro.study.grid); they are the same
     # layer of the deploy net, so their weights are copied under the plain name. Every rep layer must be found:
     # a layer left at its filler values would make CKA meaningless.
-    found = {}
-    for name, arrays in read_caffemodel(weights).items():
-        plain = name[:-4] if name.endswith("-new") else name
-        if plain in net.top_names and len(arrays):
-            net._copy_layer(plain, [np.asarray(a) for a in arrays], f"weights file {os.fspath(weights)!r}")
-            found[plain] = True
+    renamed = OrderedDict((name[:-4] if name.endswith("-new") else name, arrays)
+                          for name, arrays in read_weights(weights).items())
+    found = set(copy_weights(net, renamed, f"weights file {os.fspath(weights)!r}"))
     missing = [n for n in layers if n not in found]
     if missing:
         raise CKAError(f"{os.fspath(weights)}: no weights for layer(s) {missing} of {os.fspath(deploy)}")

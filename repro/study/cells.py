@@ -13,7 +13,7 @@ path is rewritten per cell, as the paper's folders point their symlinks at anoth
   * every mean_file: the *source* half's training mean for transfers (`repro.study.grid.mean_source`).
 Relative paths are resolved against `Study.root` and written absolute, so a run folder works from anywhere.
 With `Study.builtin`, a missing `<dir>/<dataset>_train|_val` store or `<dataset>_mean.binaryproto` whose folder
-is the built-in dataset's root is generated from it (repro/study_data.py); otherwise a missing source is an
+is the built-in dataset's root is generated from it (repro.study.data); otherwise a missing source is an
 error that says what to create.
 
 Base weights. A transfer copies its source half's final snapshot by layer name, as Caffe's

@@ -8,7 +8,7 @@ device is free; each net gets a fresh process (clean RNG, memory and thread sett
 net that fails is reported and the nets that copy it are not started; the others go on. Rerunning the same
 command skips what finished and resumes what did not (repro.train resumes from the newest snapshot).
 
-The same plan runs on a Ray cluster through repro/ray_grid.py.
+The same plan runs on a Ray cluster through repro.study.ray_grid.
 """
 from __future__ import annotations
 
