@@ -29,10 +29,16 @@ def _run(argv, cwd):
     return r.stdout + r.stderr
 
 
+def _on_cpu(argv):
+    """The README's command with its --device cuda dropped (this test runs without a GPU)."""
+    return [a for a in argv if a not in ("--device", "cuda")]
+
+
 @pytest.mark.slow
 def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
-    prepare, train = _imagenet_commands()[:2]
+    prepare, train, grid = _imagenet_commands()[:3]
     assert prepare[:2] == ["python", "tools/prepare_imagenet.py"] and train[:2] == ["python", "tools/train_base.py"]
+    assert grid[:2] == ["python", "tools/run_grid.py"] and "--dry-run" in grid
     tree = make_tree(tmp_path / "ILSVRC2012")
     (tmp_path / "val.txt").write_text((tree / "val.txt").read_text())
     for name in ("tools", "prototxt"):
@@ -43,11 +49,9 @@ def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
     assert (tmp_path / "DIR" / "data" / "half0A_train_lmdb").is_file()
 
     # CPU, a one-iteration schedule and one test batch (the README's --device cuda is for a real GPU)
-    small = [a for a in train if a not in ("--device", "cuda")]
-    out = _run(small + ["--device", "cpu", "--max-iter", "1", "--test-iter", "1", "--out", "runs"], tmp_path)
+    out = _run(_on_cpu(train) + ["--device", "cpu", "--max-iter", "1", "--test-iter", "1", "--out", "runs"], tmp_path)
     assert "half0A: finished" in out
-    plan = _run(["python", "tools/run_grid.py", "--study", "imagenet", "--root", "DIR", "--runs", "runs",
-                 "--dry-run"], tmp_path)
+    plan = _run(_on_cpu(grid) + ["--runs", "runs"], tmp_path)
     assert re.search(r"done\s+half0A\s+base", plan) and re.search(r"new\s+half0B\s+base", plan)
 
     # classify a validation image with the trained base net: Caffe's TEST preprocessing, the half's global classes
