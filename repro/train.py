@@ -460,7 +460,9 @@ def finish_run(s, folder: RunFolder, jlog: RunLog, onnx: bool, log, retention: R
                        "weights": tensors_by_layer(s.net.params)}, out / FINAL_PT)
     s.net.save(out / FINAL_CAFFEMODEL)
     retention.prune(out / SNAPSHOT_DIR, s.param)
-    log(f"{out}: done; {headline_line(summary)}")
+    # The headline number is the tool's last line (repro.study.flags.result_line); this one says what was written.
+    written = [FINAL_CAFFEMODEL, FINAL_PT] + ([FINAL_ONNX] if (out / FINAL_ONNX).is_file() else [])
+    log(f"{out}: done; wrote {', '.join(written)}")
     return summary
 
 
