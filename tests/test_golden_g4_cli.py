@@ -16,15 +16,13 @@ that would only pass if the trajectories agreed bit for bit.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from caffe_tool import caffe
 from parse_log_rules import parse_log
 
 from repro.caffelog import parse_log_files
@@ -37,14 +35,6 @@ CHAOTIC = ("float32 training diverges from Caffe's by iteration 30 as fast as fr
            "run: only a bit-identical trajectory (same BLAS summation order) would pass")
 
 pytestmark = pytest.mark.slow
-
-
-def caffe(cwd, *args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "caffe.py"), *args], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"caffe.py {' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}"
-    return r.stderr
 
 
 def copy_inputs(g4: Path, dst: Path) -> Path:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from caffe_tool import caffe
 
 from repro.caffemodel import read_caffemodel
 
@@ -25,14 +26,6 @@ FILES = ("imagenet_solver.prototxt", "imagenet_train.prototxt", "imagenet_val.pr
 FROZEN = ("conv1", "conv2", "conv3")  # blobs_lr 0 in transfer0A0B_1_3: copied from half0A, never updated
 
 pytestmark = pytest.mark.slow
-
-
-def caffe(cwd, *args):
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    r = subprocess.run([sys.executable, str(REPO / "tools" / "caffe.py"), *args], cwd=cwd, env=env,
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, f"caffe.py {' '.join(args)} exited {r.returncode}:\n{r.stderr[-3000:]}"
-    return r.stderr
 
 
 def tool(name, *args):
