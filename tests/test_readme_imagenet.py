@@ -36,8 +36,9 @@ def _on_cpu(argv):
 
 @pytest.mark.slow
 def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
-    prepare, train, grid = _imagenet_commands()[:3]
+    prepare, train, transfer, grid, plot = _imagenet_commands()[:5]
     assert prepare[:2] == ["python", "tools/prepare_imagenet.py"] and train[:2] == ["python", "tools/train_base.py"]
+    assert transfer[:2] == ["python", "tools/transfer.py"] and plot[:2] == ["python", "tools/plot_results.py"]
     assert grid[:2] == ["python", "tools/run_grid.py"] and "--dry-run" in grid
     tree = make_tree(tmp_path / "ILSVRC2012")
     (tmp_path / "val.txt").write_text((tree / "val.txt").read_text())
@@ -49,17 +50,25 @@ def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
     assert (tmp_path / "DIR" / "data" / "half0A_train_lmdb").is_file()
 
     # CPU, a one-iteration schedule and one test batch (the README's --device cuda is for a real GPU)
-    out = _run(_on_cpu(train) + ["--device", "cpu", "--max-iter", "1", "--test-iter", "1", "--out", "runs"], tmp_path)
-    assert "half0A: finished" in out
-    plan = _run(_on_cpu(grid) + ["--runs", "runs"], tmp_path)
+    quick = ["--device", "cpu", "--max-iter", "1", "--test-iter", "1"]
+    out = _run(_on_cpu(train) + quick, tmp_path)
+    assert "half0A: finished in runs/imagenet/half0A" in out
+    out = _run(_on_cpu(transfer) + quick, tmp_path)                   # AnB, n = 5, from half0A's final weights
+    assert "transfer0A0B_1_5: finished" in out
+    plan = _run(_on_cpu(grid), tmp_path)
     assert re.search(r"done\s+half0A\s+base", plan) and re.search(r"new\s+half0B\s+base", plan)
+    assert re.search(r"done\s+transfer0A0B_1_5", plan)
+    _run(plot, tmp_path)                                                # figures and tables of the finished runs
+    report = tmp_path / "report"
+    assert (report / "figure2.csv").is_file() and (report / "results.md").is_file()
+    assert "transfer0A0B_1_5" in (report / "results.md").read_text()
 
     # classify a validation image with the trained base net: Caffe's TEST preprocessing, the half's global classes
     img = str(tree / "val" / "ILSVRC2012_val_00000000.JPEG")
     classes = json.loads((tmp_path / "DIR" / "data" / "prepare.json").read_text())["classes"]
     half = open_index(tmp_path / "DIR" / "data" / "half0A_train_lmdb").classes
-    for weights, model in (("runs/half0A/final.caffemodel", ["--model", "prototxt/caffenet/deploy.prototxt"]),
-                           ("runs/half0A/final.onnx", [])):
+    for weights, model in (("runs/imagenet/half0A/final.caffemodel", ["--model", "prototxt/caffenet/deploy.prototxt"]),
+                           ("runs/imagenet/half0A/final.onnx", [])):
         out = _run(["python", "tools/classify.py", *model, "--weights", weights, "--mean",
                     "DIR/data/half0A_mean.binaryproto", "--dataset", "DIR/data/half0A_train_lmdb", img], tmp_path)
         lines = out.strip().splitlines()
@@ -67,5 +76,5 @@ def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
         named = [ln.split()[1] for ln in lines[1:]]
         assert sorted(named) == sorted(half) and set(half) < set(classes)
     # the ONNX file carries mean, crop, channel order and labels: classify needs nothing else
-    alone = _run(["python", "tools/classify.py", "--weights", "runs/half0A/final.onnx", img], tmp_path)
+    alone = _run(["python", "tools/classify.py", "--weights", "runs/imagenet/half0A/final.onnx", img], tmp_path)
     assert alone == out
