@@ -1,4 +1,4 @@
-"""The paper's Caffe training logs → test points per net (PROTOCOL.md section 9, FIGURES.md section 1).
+"""The paper's Caffe training logs → test points per net (every `Test net output` group of a log is one point).
 
 A net's folder holds several log pieces (cluster job outputs `*.o<jobid>.gz`, plain or gzipped): a resumed run
 starts a new piece at its snapshot + 20, repeating the iterations after the snapshot; some pieces are empty, one

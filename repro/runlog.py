@@ -15,7 +15,7 @@ iteration is tested twice (a resumed run), the later line wins, as the latest ti
 logs. A last line without its newline (a run killed mid-write) is ignored with a warning; any other line that
 is not a JSON object is an error naming the file and line.
 
-The paper's metric (FIGURES.md section 1, the notebook's ``mean_highest(last_n=10)``): the mean of a net's
+The paper's metric (the paper's notebook's ``mean_highest(last_n=10)``): the mean of a net's
 10 highest test top-1 values over all its test points — neither the final nor the single best value. The
 console, summary.json, the figures and the tables all use :func:`paper_metric` on :func:`test_points`.
 """

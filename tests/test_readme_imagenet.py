@@ -1,5 +1,6 @@
 """The README's ImageNet commands, read from the README and run as a new user would, on a generated
 ILSVRC-shaped tree: prepare_imagenet -> train_base (CaffeNet, one iteration on CPU) -> run_grid's plan."""
+import csv
 import json
 import os
 import re
@@ -60,8 +61,9 @@ def test_readme_imagenet_commands_prepare_train_and_plan(tmp_path):
     assert re.search(r"done\s+transfer0A0B_1_5", plan)
     _run(plot, tmp_path)                                                # figures and tables of the finished runs
     report = tmp_path / "report"
-    assert (report / "figure2.csv").is_file() and (report / "results.md").is_file()
-    assert "transfer0A0B_1_5" in (report / "results.md").read_text()
+    assert (report / "results.md").read_text().count("2 nets")          # half0A and transfer0A0B_1_5
+    rows = list(csv.DictReader((report / "figure2.csv").open()))
+    assert [(r["condition"], r["n"], r["k"]) for r in rows] == [("base", "0", "1"), ("AnB", "5", "1")]
 
     # classify a validation image with the trained base net: Caffe's TEST preprocessing, the half's global classes
     img = str(tree / "val" / "ILSVRC2012_val_00000000.JPEG")

@@ -9,7 +9,7 @@ Files here (copied from the paper's own repository, yosinski/convnet_transfer @ 
   half_nat_idx.txt, half_man_idx.txt
                                   the natural (449) / man-made (551) partition, original class indices
   class_splits.json               the class indices of every half, regenerated from the paper's seeding rule
-  paper_results.csv               one row per folder of the paper's results/ (FIGURES.md section 8)
+  paper_results.csv               one row per folder of the paper's results/ (its numbers per net, from its logs)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import json
 from functools import lru_cache
 from importlib import resources as _res
 
-# ---- ILSVRC-2012 and the paper's study (PROTOCOL.md sections 2, 4) --------------------------------------------
+# ---- ILSVRC-2012 and the paper's study (the paper's training protocol) --------------------------------------------
 NUM_CLASSES = 1000                      # ILSVRC-2012 classification classes, in synsets.txt order
 SPLIT_SEEDS = (0, 1, 2, 3)              # make_reduced_dataset.py --seed s for the four random A/B splits
 REDUCED_PER_CLASS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 750, 1000)   # --perclass values of make_reduced_datasets.sh

@@ -1,7 +1,7 @@
 """One cell of the study as a run: its data, mean, base weights, realised prototxts and the call into training.
 
 The paper's 170 result folders each hold three prototxts plus symlinks to the data, the mean and the base net's
-snapshot (PROTOCOL.md sections 1, 6). Here a `Study` names one base net (train_val prototxt + solver) and a run
+snapshot (the paper's training protocol). Here a `Study` names one base net (train_val prototxt + solver) and a run
 folder; `realised(study, cell)` gives the cell's own train/val/solver messages (`emit` writes them as the paper's
 folders hold them), and `run_cell` trains the cell into `<runs>/<cell name>/` through repro.train.run.
 

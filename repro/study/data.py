@@ -1,7 +1,7 @@
 """The study's datasets made from the built-in data, on demand: one store per split and part, and its mean.
 
 The paper's folders link each net to a LevelDB per dataset (`half0A` train, `half0A` val, ...) and to that
-training set's `imagenet_mean.binaryproto` (PROTOCOL.md sections 2, 5). For the built-in data
+training set's `imagenet_mean.binaryproto` (the paper's training protocol). For the built-in data
 (repro/data/builtin.py, at `<root>`), the same datasets are written beside it as
 
     <root>/<dataset>_train/               a store (repro/data/store.py) of the split's training images

@@ -2,7 +2,7 @@
 
 Input everywhere: per-net scores, [(net name, metric)] as `repro.study.results.scores` returns them (the metric is the
 mean of a net's 10 best test top-1 values). Names are the cells' names; names that are not cells are ignored
-with a warning. The grouping and averaging follow the paper's notebook (FIGURES.md sections 2-5):
+with a warning. The grouping and averaging follow the paper's notebook (its plotting notebook):
   * Figure 2 uses the random splits only: base = all 8 half nets (A and B), BnB = the AnA selffers, AnB pools
     A→B and B→A; a point is the plain mean over the nets present (k of them); every line starts at the base mean.
   * Figure 3: natural/man-made transfers by target content (A = natural), random frozen features against
@@ -135,7 +135,7 @@ def table1(net_scores, ranges=TABLE1_RANGES) -> list[dict]:
 
     Rows {layers, anb_plus, base, bnb_plus, boost_over_base, boost_over_bnb_plus, boost_over_base_per_n,
     boost_over_bnb_plus_per_n, k_anb_plus, k_bnb_plus}; the *_per_n columns average the per-n means instead
-    (FIGURES.md shows both; the pooled ones are the published 1.6/1.4, 1.8/1.4, 2.1/1.7 %).
+    (both are given; the pooled ones are the published 1.6/1.4, 1.8/1.4, 2.1/1.7 %).
     """
     nets = figure2_nets(net_scores)
     base = _mean(nets.get(("base", 0), []))
@@ -163,7 +163,7 @@ def _diff(a, b):
 
 
 # ---- plots (matplotlib, Agg) ------------------------------------------------------------------------------------
-# Colours and marker offsets of the notebook (FIGURES.md sections 3-5).
+# Colours and marker offsets of the notebook (the paper's figures).
 _FIG2_STYLE = {  # condition: (x offset, marker, face colour, line colour)
     "BnB": (-0.25, "o", "#0000aa", "#0000aa"), "BnB+": (-0.09, "o", "#aaaaff", "#aaaaff"),
     "AnB": (0.09, "D", "#cc0000", "#cc0000"), "AnB+": (0.27, "D", "#ffaaaa", "#ffaaaa")}
@@ -382,7 +382,7 @@ def write_report(net_scores, out_dir, paper=None) -> list:
               "reduced": (reduced_table, REDUCED_COLUMNS, ("per_class",)),
               "table1": (table1, TABLE1_COLUMNS, ("layers",))}
     written, md = [], ["# Results", "", f"{len(net_scores)} nets; metric: mean of each net's 10 best test "
-                       "top-1 values (FIGURES.md section 1)."]
+                       "top-1 values, as the paper's notebook computes it."]
     for name, (fn, columns, key) in tables.items():
         rows = fn(net_scores)
         written.append(write_csv(rows, out_dir / f"{name}.csv", columns))

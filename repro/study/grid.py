@@ -1,7 +1,7 @@
 """The study as data: every net of the paper is a `Cell`, realised into prototxt messages by one pure function.
 
-The original repository holds 170 result folders with three prototxts each (PROTOCOL.md section 1). They differ
-from the base net only by (PROTOCOL.md section 6):
+The original repository holds 170 result folders with three prototxts each (the paper's training protocol). They differ
+from the base net only by (the paper's training protocol):
   * frozen layers: `blobs_lr: 0 0`, `weight_decay: 0 0` (V2: every ParamSpec lr_mult 0, decay_mult 0);
   * re-initialised layers: renamed with the suffix `-new` (layer and top blob) so that Caffe's
     Net::CopyTrainedLayersFrom, which copies by layer name, skips them and they keep their filler values;
@@ -29,7 +29,7 @@ HALVES = ("A", "B")
 REDUCED_LR_FACTOR = 1.25
 REDUCED_STEPSIZE_FACTOR = 0.64
 REDUCED_MAX_ITER_FACTOR = 200000 / 450000
-# Which random splits have fine-tuned folders (PROTOCOL.md section 1): s = 0, 1 only.
+# Which random splits have fine-tuned folders (the paper's training protocol): s = 0, 1 only.
 FINE_TUNED_SEEDS = (0, 1)
 
 
@@ -135,7 +135,7 @@ class Cell:
 # ---- the paper's grid ------------------------------------------------------------------------------------------
 
 def all_cells(seeds=resources.SPLIT_SEEDS, n_max: int = resources.TRANSFER_LAYERS) -> list[Cell]:
-    """The 170 folders of the paper's results/ (PROTOCOL.md section 1), base nets first (they are dependencies)."""
+    """The 170 folders of the paper's results/, base nets first (they are dependencies)."""
     cells = [Cell("base", target=t, split=str(s)) for s in seeds for t in HALVES]
     cells += [Cell("base", target=t, split="natman") for t in HALVES]
     cells.append(Cell("base"))
@@ -194,7 +194,7 @@ def dependencies(cell: Cell) -> tuple[Cell, ...]:
 
 
 def mean_source(cell: Cell) -> str:
-    """The dataset whose training-set mean the net subtracts (PROTOCOL.md section 5).
+    """The dataset whose training-set mean the net subtracts (the paper's training protocol).
 
     Transfers use the *source* half's mean even while training on the target half; reduced nets use their own
     reduced set's mean (reduced-1300: the whole set's); nolearn nets a whole-ImageNet mean (in the paper one

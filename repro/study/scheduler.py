@@ -1,6 +1,6 @@
 """Running a subset of the grid on one machine: selection, dependency order, skip/resume, one net per device.
 
-The paper ran its nets in two blocks (PROTOCOL.md section 7): the base nets first, then the transfer nets that
+The paper ran its nets in two blocks (the paper's training protocol): the base nets first, then the transfer nets that
 copy their final snapshots. `plan` puts any subset of cells in that order, adds the unfinished base nets a
 selected transfer needs, and marks each net done (skipped), resume (a snapshot is there) or new. `run_plan`
 runs it with a process pool of one worker per device: a net starts as soon as its base net is finished and a

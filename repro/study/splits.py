@@ -142,7 +142,7 @@ def list_image_folder(folder: str | os.PathLike, synsets: Sequence[str] | None =
     Names are relative to `folder` (`n01440764/n01440764_10026.JPEG`), labels follow `synsets` (Caffe's
     synsets.txt order by default); the subfolders present are indexed by repro.data.sources.index_folder (an
     empty class folder or an empty file is a DataError). Lines are ordered by (label, name): the original
-    training list is lost (PROTOCOL.md section 2), and this order only matters for the reduced sets.
+    training list is lost (the paper's training protocol), and this order only matters for the reduced sets.
     """
     folder = Path(folder)
     synsets = tuple(synsets if synsets is not None else resources.synsets())
