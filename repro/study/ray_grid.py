@@ -18,7 +18,7 @@ import time
 from typing import Callable, Sequence
 
 from .cells import Study, StudyError
-from .scheduler import Job
+from .scheduler import DIVERGED, STOPPED, Job
 
 
 def _ray():
@@ -27,6 +27,35 @@ def _ray():
     except ImportError:
         raise StudyError("the Ray backend needs Ray: pip install 'ray>=2.9' (or pip install repro[ray])") from None
     return ray
+
+
+class NetEnded(StudyError):
+    """A net's run ended without finishing: ``status`` is the run's ("diverged", "stopped"), so the grid reports
+    and exits as the local scheduler does (a diverged net is not a crash of the task)."""
+
+    def __init__(self, name: str, status: str, summary: dict | None = None):
+        it = (summary or {}).get("iter")
+        super().__init__(f"{name}: the run ended {status!r}" + (f" at iteration {it}" if it is not None else "")
+                         + ", not finished")
+        self.status = status
+
+    def __reduce__(self):  # Ray pickles the task's exception back to the driver
+        return (_net_ended, (str(self), self.status))
+
+
+def _net_ended(message: str, status: str) -> "NetEnded":
+    e = NetEnded.__new__(NetEnded)
+    StudyError.__init__(e, message)
+    e.status = status
+    return e
+
+
+def task_status(cause: BaseException) -> str:
+    """The grid status of a task that raised ``cause``: "diverged: ..." / "stopped: ..." for a run that ended
+    so (repro.study.scheduler's words, hence its exit codes), else "failed: <type>: <message>"."""
+    if isinstance(cause, NetEnded) and cause.status in (STOPPED, DIVERGED):
+        return f"{cause.status}: {cause}"
+    return f"failed: {type(cause).__name__}: {cause}"
 
 
 def train_net(study: Study, name: str, threads: int, *bases: dict) -> dict:
@@ -46,7 +75,7 @@ def train_net(study: Study, name: str, threads: int, *bases: dict) -> dict:
     t0 = time.time()
     result = run_cell_quietly(study, cell_from_name(name), device=device, weights=weights)
     if result["status"] != "finished":
-        raise StudyError(f"{name}: the run ended {result['status']!r}, not finished")
+        raise NetEnded(name, result["status"], result.get("summary"))
     return {**result, "device": device, "seconds": time.time() - t0}
 
 
@@ -89,12 +118,12 @@ def run_plan_ray(study: Study, jobs: Sequence[Job], *, num_gpus: float = 1, num_
             log(f"done    {name} on {r['device']} in {r['seconds']:.0f} s{score}")
         except Exception as e:  # RayTaskError wraps the task's exception (or its base net's)
             cause = getattr(e, "cause", None) or e
-            status[name] = f"failed: {type(cause).__name__}: {cause}"
-            log(f"FAILED  {name}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''}")
+            status[name] = task_status(cause)
+            log(f"FAILED  {name}: {status[name].splitlines()[0]}")
     # A task whose base net failed got that failure as its own (Ray resolves its arguments): say so, as the
     # local scheduler does.
     for j in todo:
-        bad = [d for d in j.deps if status.get(d, "").startswith(("failed", "not run"))]
+        bad = [d for d in j.deps if status.get(d, "").startswith(("failed", "not run", STOPPED, DIVERGED))]
         if bad:
-            status[j.name] = f"not run: base net {bad[0]} failed"
+            status[j.name] = f"not run: base net {bad[0]} {status[bad[0]].split(':')[0]}"
     return status
