@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import signal
 import sys
-import threading
 from pathlib import Path
 
 import torch
@@ -78,47 +77,13 @@ def _one_device(gpus: list[int], glog: Glog, source: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------- signals
 
 
-class CaffeSignals:
+def caffe_signals(sigint: str, sighup: str, glog: Glog):
     """Caffe's SignalHandler for ``caffe train``: SIGINT and SIGHUP each request their flag's action
-    (SolverAction STOP / SNAPSHOT / NONE); SIGTERM stops as run() does. A second SIGINT while a stop is
-    pending interrupts at once (the last snapshot is intact)."""
+    (SolverAction STOP / SNAPSHOT / NONE); SIGTERM stops as run() does (repro.train.Signals, Caffe's wording)."""
+    from .train import Signals
 
-    def __init__(self, sigint: str, sighup: str, glog: Glog):
-        self.effects = {signal.SIGINT: sigint, signal.SIGHUP: sighup, signal.SIGTERM: "stop"}
-        self.glog, self.solver, self.old = glog, None, {}
-        self.stopping = False
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for sig in self.effects:
-                self.old[sig] = signal.signal(sig, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, h in self.old.items():
-            signal.signal(sig, h)
-
-    def attach(self, solver) -> None:
-        self.solver = solver
-        if self.stopping:
-            solver.request_stop()
-
-    def _handle(self, signum, frame):
-        effect = self.effects[signum]
-        name = signal.Signals(signum).name
-        if effect == "none":
-            return
-        if effect == "snapshot":
-            self.glog.info("caffe.cpp:0", f"{name}: snapshot after this iteration, then go on")
-            if self.solver is not None:
-                self.solver.request_snapshot()
-            return
-        if self.stopping and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.stopping = True
-        self.glog.info("caffe.cpp:0", f"{name}: stopping after this iteration (snapshot, then exit)")
-        if self.solver is not None:
-            self.solver.request_stop()
+    return Signals(lambda msg: glog.info("caffe.cpp:0", msg), {signal.SIGINT: sigint, signal.SIGHUP: sighup},
+                   prefix="", stop_note="")
 
 
 # ---------------------------------------------------------------------------------------------- train
@@ -171,7 +136,7 @@ def train(flags, glog: Glog) -> int:
     else:
         glog.info("caffe.cpp:197", "Use CPU.")
         device = torch.device("cpu")
-    with CaffeSignals(flags.sigint_effect, flags.sighup_effect, glog) as signals:
+    with caffe_signals(flags.sigint_effect, flags.sighup_effect, glog) as signals:
         for w in filter(None, flags.weights.split(",")):
             glog.info("solver.cpp:72", f"Finetuning from {w}")
         if flags.level or flags.stage:

@@ -112,17 +112,24 @@ def _snap_iter(p: Path) -> int | None:
 
 
 class Signals:
-    """Caffe's ``caffe train`` signal effects: SIGINT / SIGTERM stop after this iteration with a snapshot;
-    SIGHUP snapshots and continues. Installed before the solver exists (a Ctrl-C while the nets are built
-    stops the run cleanly); ``attach(solver)`` hands the requests on. A second SIGINT interrupts at once."""
+    """Caffe's ``caffe train`` signal effects (``-sigint_effect``, ``-sighup_effect``; Caffe's SignalHandler):
+    by default SIGINT / SIGTERM stop after this iteration with a snapshot and SIGHUP snapshots and continues;
+    ``effects`` maps a signal to "stop", "snapshot" or "none" instead (tools/caffe.py passes its flags).
+    Installed before the solver exists (a Ctrl-C while the nets are built stops the run cleanly);
+    ``attach(solver)`` hands the requests on. A second SIGINT while a stop is pending interrupts at once.
+    ``prefix`` starts every console line ("signal " for our runs; Caffe's log names the signal alone)."""
 
-    def __init__(self, log):
+    DEFAULT = {signal.SIGINT: "stop", signal.SIGTERM: "stop", signal.SIGHUP: "snapshot"}
+
+    def __init__(self, log, effects: dict | None = None, prefix: str = "signal ", stop_note: str = "; rerun to resume"):
         self.log, self.old, self.solver = log, {}, None
+        self.effects = {**self.DEFAULT, **(effects or {})}
+        self.prefix, self.stop_note = prefix, stop_note
         self.stop = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            for sig in self.effects:
                 self.old[sig] = signal.signal(sig, self._handle)
         return self
 
@@ -132,16 +139,19 @@ class Signals:
             solver.request_stop()
 
     def _handle(self, signum, frame):
-        name = signal.Signals(signum).name
-        if signum == signal.SIGHUP:
-            self.log(f"signal {name}: snapshot after this iteration, then go on")
+        name = f"{self.prefix}{signal.Signals(signum).name}"
+        effect = self.effects[signum]
+        if effect == "none":
+            return
+        if effect == "snapshot":
+            self.log(f"{name}: snapshot after this iteration, then go on")
             if self.solver is not None:
                 self.solver.request_snapshot()
             return
         if self.stop and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.stop = True
-        self.log(f"signal {name}: stopping after this iteration (snapshot, then exit; rerun to resume)")
+        self.log(f"{name}: stopping after this iteration (snapshot, then exit{self.stop_note})")
         if self.solver is not None:
             self.solver.request_stop()
 
