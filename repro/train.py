@@ -225,7 +225,7 @@ def run(solver, out_dir, *, weights=None, init=None, init_id: dict | None = None
     mode = numerics_mode(numerics)
     folder = RunFolder(out_dir)
     comm = _Distributed(device, backend) if distributed else None
-    device = comm.device if comm else _device(device)
+    device = comm.device if comm else resolve_device(device)
     weight_files = _weight_list(weights)
     with Signals(log if comm is None or comm.rank == 0 else _quiet) as signals:
         if comm is None or comm.rank == 0:
@@ -440,11 +440,6 @@ def _weight_list(weights) -> list[Path]:
     return out
 
 
-# One check of a --device value for every tool (a DeviceError, one line; repro.numerics.resolve_device).
-check_device = resolve_device
-_device = check_device
-
-
 # ---------------------------------------------------------------------------------------------- the end
 
 
@@ -526,4 +521,4 @@ class _Distributed:
                 "per_rank_batch": feed.local}
 
 
-__all__ += ["file_id", "finish_run", "Signals", "Console", "check_device"]
+__all__ += ["file_id", "finish_run", "Signals", "Console"]

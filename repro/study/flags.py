@@ -104,12 +104,12 @@ def study_from_args(a) -> Study:
 
 
 def check_device(device: str | None) -> str | None:
-    """``device`` unchanged when this machine has it; a RunError (one line) otherwise."""
+    """``device`` unchanged when this machine has it; a DeviceError (one line) otherwise."""
     if device is None:
         return None
-    from ..train import check_device as check
+    from ..numerics import resolve_device
 
-    check(device)
+    resolve_device(device)
     return device
 
 
