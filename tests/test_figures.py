@@ -1,6 +1,7 @@
 """Figures 2, 3, the reduced curve and Table 1: the paper's numbers from its logs, our run logs, the tool."""
 import csv
 import json
+import os
 import re
 import statistics
 import subprocess
@@ -161,6 +162,10 @@ def test_report_from_our_runs(tmp_path):
     md = (tmp_path / "out" / "results.md").read_text()
     assert "| AnB | 3 | 0.5000 | 0.6189 | 1 |" in md           # ours beside the paper's
     assert (tmp_path / "out" / "figure2.pdf").read_bytes()[:4] == b"%PDF"
+    # report files are for sharing: the mode open() would give (umask), not a temp file's private 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert {oct(p.stat().st_mode & 0o777) for p in written} == {oct(0o666 & ~umask)}
 
 
 def test_tool_reproduces_the_paper_from_its_logs(shared, tmp_path):

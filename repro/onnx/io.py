@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..weights import copy_file, copy_weights, pt_weights, read_weights
 from .export import OnnxExportError, caffe_to_onnx
 from .importer import (
@@ -246,12 +246,6 @@ def net_weights(net) -> "OrderedDict[str, list[np.ndarray]]":
                        for name, params in net.params.items())
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def _reference(net, model, blobs):
     """The PyTorch side of the check: the net itself when it is the exported deploy net (TEST phase, the
     same inputs and outputs), else a TEST-phase net of the embedded prototxt with the same weights."""
@@ -282,19 +276,16 @@ def export_onnx(source, out_path, *, weights=None, input_shape=None, metadata=No
     blobs = net_weights(net)
     model = caffe_to_onnx(test_param, blobs, input_shape=input_shape, metadata=meta)
     out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out_path.name}.", suffix=".tmp", dir=out_path.parent)
-    os.close(fd)
-    try:
+    report = None
+
+    def write_checked(tmp):  # the file takes its name only after it passed the check
+        nonlocal report
         onnx.save(model, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; the file is meant to be shared
-        report = None
         if verify:
             report = check_onnx(tmp, reference=_reference(net, model, blobs), batch_size=batch_size,
                                 tolerance=tolerance)
-            report.path = os.fspath(out_path)
-        os.replace(tmp, out_path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+
+    atomic_write(out_path, write_checked)
+    if report is not None:
+        report.path = os.fspath(out_path)
     return ExportResult(out_path, report)

@@ -178,23 +178,15 @@ def _pyplot():
 
 
 def _save(fig, stem) -> list:
-    """Write <stem>.png and <stem>.pdf atomically (temp file in the same folder, then os.replace)."""
-    import os
-    import tempfile
+    """Write <stem>.png and <stem>.pdf atomically (repro.atomic: temp file in the same folder, then rename)."""
     from pathlib import Path
+
+    from ..atomic import atomic_write
+
     stem = Path(stem)
-    stem.parent.mkdir(parents=True, exist_ok=True)
-    out = []
-    for ext in ("png", "pdf"):
-        fd, tmp = tempfile.mkstemp(prefix=f".{stem.name}.", suffix=f".{ext}", dir=stem.parent)
-        os.close(fd)
-        try:
-            fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight")
-            os.replace(tmp, stem.with_suffix(f".{ext}"))
-        except BaseException:
-            os.unlink(tmp)
-            raise
-        out.append(stem.with_suffix(f".{ext}"))
+    out = [atomic_write(stem.with_suffix(f".{ext}"),
+                        lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
+           for ext in ("png", "pdf")]
     _pyplot().close(fig)
     return out
 
@@ -332,16 +324,9 @@ def _fixed(v, decimals):
 
 
 def _write_text(path, text):
-    import os
-    import tempfile
-    from pathlib import Path
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    with os.fdopen(fd, "w", newline="") as f:
-        f.write(text)
-    os.replace(tmp, path)
-    return path
+    from ..atomic import atomic_write_text
+
+    return atomic_write_text(path, text)
 
 
 def write_csv(rows, path, columns):
