@@ -103,7 +103,7 @@ def train(flags, glog: Glog) -> int:
     from .caffelog import SolverLog
     from .prototxt import read_solver
     from .solver import DivergedError, Solver
-    from .train import _device_feeds
+    from .train import device_feeds
 
     if not flags.solver:
         raise CaffeCliError("Need a solver definition to train (-solver FILE).")
@@ -149,7 +149,7 @@ def train(flags, glog: Glog) -> int:
         else:
             s = Solver(flags.solver, weights=flags.weights or None, device=device, data_root=Path.cwd())
         signals.attach(s)
-        feeds = _device_feeds(s, None, Path.cwd())
+        feeds = device_feeds(s, None, Path.cwd())
         log = SolverLog(glog, s)
         s.add_callback(log)
         try:

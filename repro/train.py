@@ -274,7 +274,7 @@ def _run_owned(folder: RunFolder, solver, signals: Signals, comm, *, weight_file
     s = Solver(param, device=device, data_root=out, numerics=mode, compile=compile)
     s.snapshot_prefix = str(out / SNAPSHOT_PREFIX)
     signals.attach(s)
-    feeds = _device_feeds(s, comm, out)
+    feeds = device_feeds(s, comm, out)
     state = find_resume_state(out / SNAPSHOT_PREFIX, log) if prepared["resumable"] else None
     jlog = RunLog(out / LOG_FILE)
     if state is not None:
@@ -404,7 +404,7 @@ def _images_per_iter(s) -> int:
     return int(batch) * int(s.param.iter_size) * (s.comm.world if hasattr(s.comm, "world") else 1)
 
 
-def _device_feeds(s, comm, out: Path) -> list:
+def device_feeds(s, comm, out: Path) -> list:
     """On CUDA (or data parallel), the TRAIN Data layer's store read by a DeviceFeed: same stream, on the
     device. Returns the feeds to close."""
     if comm is not None:
@@ -521,4 +521,4 @@ class _Distributed:
                 "per_rank_batch": feed.local}
 
 
-__all__ += ["file_id", "finish_run", "Signals", "Console"]
+__all__ += ["file_id", "finish_run", "Signals", "Console", "device_feeds"]

@@ -28,7 +28,7 @@ import torch
 
 from ..errors import ReproError
 from .caffedb import DatumDB, db_kind
-from .loader import CursorState, DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, _pin_default
+from .loader import CursorState, DatumDBSource, ImageListSource, Order, Prefetcher, StoreSource, pin_default
 from .sources import read_list
 from .store import Store, is_index, is_store, open_index
 from .transform import CaffeRand, Transformer, TransformSpec
@@ -123,7 +123,7 @@ class DataLayerFeeder(CursorState):
         if "skip" in cs:
             self.skip = int(cs["skip"])
         self._pf = Prefetcher(source, batch_size, self.skip, depth=prefetch, workers=num_workers,
-                              pin=_pin_default(self.device))
+                              pin=pin_default(self.device))
 
     def _open_source(self, lp, num_workers):
         if self.type == "Data":

@@ -212,7 +212,8 @@ class Prefetcher:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _pin_default(device: torch.device) -> bool:
+def pin_default(device: torch.device) -> bool:
+    """Pinned host memory only helps a copy to a CUDA device (and needs one to exist)."""
     return device.type == "cuda" and torch.cuda.is_available()
 
 
@@ -264,7 +265,7 @@ class Loader(CursorState):
         # Caffe: rand_skip skips `rng() % rand_skip` records once at start (several solvers would differ)
         self.skip = int(np.random.RandomState(seed).randint(rand_skip)) if rand_skip else 0
         self._pf = Prefetcher(StoreSource(self.store, self.order), batch_size, self.skip, prefetch,
-                              num_workers, pin=_pin_default(self.device))
+                              num_workers, pin=pin_default(self.device))
 
     def __iter__(self):
         return self

@@ -73,7 +73,7 @@ def plot_cka(rows: dict[str, dict[str, float]], path: str | os.PathLike) -> list
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from .figures import _save
+    from .figures import save_figure
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, by_layer in rows.items():
         ax.plot(range(1, len(by_layer) + 1), list(by_layer.values()), "-o", label=name, ms=4)
@@ -83,4 +83,4 @@ def plot_cka(rows: dict[str, dict[str, float]], path: str | os.PathLike) -> list
     ax.set_xlabel("layer")
     ax.set_ylabel("linear CKA with the base net")
     ax.legend(fontsize=7)
-    return _save(fig, Path(path))
+    return save_figure(fig, Path(path))

@@ -177,7 +177,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem) -> list:
+def save_figure(fig, stem) -> list:
     """Write <stem>.png and <stem>.pdf atomically (repro.atomic: temp file in the same folder, then rename)."""
     from pathlib import Path
 
@@ -246,7 +246,7 @@ def plot_figure2(net_scores, stem, paper=None) -> list:
         ax.set_xlabel("Layer n at which network is chopped and retrained")
         ax.set_ylabel("Top-1 accuracy (higher is better)")
         ax.legend(loc="lower left", fontsize=8)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def _series(rows, name, col="top1"):
@@ -281,7 +281,7 @@ def plot_figure3(net_scores, stem, paper=None) -> list:
         ax.set_xlim(-0.2, 7.3)
         ax.set_xlabel("Layer n at which network is chopped and retrained")
         ax.legend(fontsize=8)
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 def plot_reduced(net_scores, stem, paper=None) -> list:
@@ -301,7 +301,7 @@ def plot_reduced(net_scores, stem, paper=None) -> list:
     axes[0].set_xlim(0, 1350)
     axes[1].set_xscale("log")
     axes[1].set_yscale("log")
-    return _save(fig, stem)
+    return save_figure(fig, stem)
 
 
 # ---- tables on disk ---------------------------------------------------------------------------------------------
