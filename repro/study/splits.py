@@ -187,15 +187,16 @@ def write_dataset(entries: Sequence[tuple[str, int]], ds: Dataset, out_dir: str 
     return folder
 
 
-def check_class_count(num_classes: int):
+def check_class_count(num_classes: int, warn: bool = True):
     """The paper's splits assume ILSVRC-2012's 1000 classes: an odd count gives uneven halves (refused), any
-    other count gives datasets that are not the paper's (warned once, so a small trial copy still works)."""
+    other count gives datasets that are not the paper's (warned once, so a small trial copy still works;
+    ``warn=False`` for data that is not ImageNet by design, such as the built-in set)."""
     if num_classes < 2:
         raise SplitError(f"the study needs at least 2 classes, got num_classes={num_classes}")
     if num_classes % 2:
         raise SplitError(f"num_classes={num_classes} is odd: half A and half B would differ in size "
                          f"({num_classes // 2} vs {num_classes - num_classes // 2}); use an even class count")
-    if num_classes != resources.NUM_CLASSES:
+    if warn and num_classes != resources.NUM_CLASSES:
         warnings.warn(f"num_classes={num_classes}: the paper's splits are over ILSVRC-2012's "
                       f"{resources.NUM_CLASSES} classes; these halves and reduced sets are not the paper's",
                       stacklevel=3)
@@ -205,14 +206,16 @@ def make_splits(source: str | os.PathLike | Sequence[tuple[str, int]], out_dir: 
                 num_classes: int = resources.NUM_CLASSES,
                 seeds: Iterable[int] = resources.SPLIT_SEEDS,
                 partition: tuple[Sequence[int], Sequence[int]] | None | bool = True,
-                per_class: Iterable[int] = resources.REDUCED_PER_CLASS) -> dict[str, Path]:
+                per_class: Iterable[int] = resources.REDUCED_PER_CLASS,
+                warn_not_paper: bool = True) -> dict[str, Path]:
     """Write every dataset of the study from a file list, an image folder, or (name, label) pairs.
 
     `source`: a `name label` list file, a folder of class subfolders (see `list_image_folder`; ILSVRC-2012 only),
     or a sequence of (name, label). Returns {dataset name: its folder}. Pass `per_class=()` for validation lists
-    (the paper reduced only training sets) and `partition=None` to skip the natural/man-made halves.
+    (the paper reduced only training sets) and `partition=None` to skip the natural/man-made halves;
+    `warn_not_paper=False` silences the "not the paper's datasets" warning for a class count other than 1000.
     """
-    check_class_count(num_classes)
+    check_class_count(num_classes, warn=warn_not_paper)
     if isinstance(source, (str, os.PathLike)):
         entries = (list_image_folder(source) if Path(source).is_dir()
                    else read_file_list(source, num_classes))
