@@ -22,14 +22,17 @@ import itertools
 
 import numpy as np
 
-VERSION = 1
+VERSION = 2
 SIZE, CROP = 64, 56
-FAMILIES, PARTS_PER_FAMILY, PARTS_PER_CLASS, CLASSES_PER_FAMILY = 8, 6, 3, 6
+FAMILIES, PARTS_PER_FAMILY, PARTS_PER_CLASS, CLASSES_PER_FAMILY = 8, 6, 3, 4
 NATURAL_FAMILIES = tuple(range(FAMILIES // 2))
 N_CLASSES = FAMILIES * CLASSES_PER_FAMILY
 NATURAL_IDS = tuple(c for c in range(N_CLASSES) if c // CLASSES_PER_FAMILY in NATURAL_FAMILIES)
 MANMADE_IDS = tuple(c for c in range(N_CLASSES) if c // CLASSES_PER_FAMILY not in NATURAL_FAMILIES)
 PATCH = 20
+SPREAD = 0.7          # half-width (radians) of the fan of a family's part orientations
+COLOUR_SPREAD = 0.2  # standard deviation of a part's colour around its family's hue
+PART_AMP = 0.5       # a class part's amplitude (the distractor part of another family: 0.12)
 SEED = 2014
 TRAIN_PER_CLASS, VAL_PER_CLASS = 300, 50
 CLASSES = tuple(f"{'nat' if c in NATURAL_IDS else 'man'}{c // CLASSES_PER_FAMILY}_{c % CLASSES_PER_FAMILY}"
@@ -52,9 +55,14 @@ def _structure(seed: int):
         # family orientation and hue; man-made families sit near cardinal angles (architecture, objects)
         theta_f = rng.uniform(0, np.pi) if natural else rng.choice([0, np.pi / 2]) + rng.uniform(-0.15, 0.15)
         hue_f = rng.uniform(0.2, 1.0, 3) * (np.array([1.0, 0.9, 0.5]) if natural else np.array([0.6, 0.7, 1.0]))
+        # a family's parts fan out evenly around its orientation and over its frequency band (each part shuffled
+        # to a slot), so parts of one family are told apart by orientation, frequency and colour together
+        slots = rng.permutation(PARTS_PER_FAMILY)
+        fan = np.linspace(-SPREAD, SPREAD, PARTS_PER_FAMILY)
         for p in range(PARTS_PER_FAMILY):
-            theta = theta_f + rng.uniform(-0.35, 0.35)
-            freq = rng.uniform(2.0, 4.5) if natural else rng.uniform(2.5, 5.0)
+            theta = theta_f + fan[slots[p]] + rng.uniform(-0.08, 0.08)
+            lo, hi = (2.0, 4.5) if natural else (2.5, 5.0)
+            freq = lo + (hi - lo) * ((slots[p] * 7) % PARTS_PER_FAMILY + rng.uniform(0.2, 0.8)) / PARTS_PER_FAMILY
             u = xx * np.cos(theta) + yy * np.sin(theta)
             wave = np.cos(2 * np.pi * freq * u + rng.uniform(0, 2 * np.pi))
             if natural:
@@ -62,7 +70,7 @@ def _structure(seed: int):
             else:
                 wave = np.sign(wave)
                 env = ((np.abs(xx) < 0.4) & (np.abs(yy) < 0.4)).astype(np.float64)
-            colour = np.clip(hue_f + rng.normal(0, 0.12, 3), 0.05, 1.0)
+            colour = np.clip(hue_f + rng.normal(0, COLOUR_SPREAD, 3), 0.05, 1.0)
             parts[f, p] = (colour[:, None, None] * (wave * env)[None]).astype(np.float32)
         all_combos = list(itertools.combinations(range(PARTS_PER_FAMILY), PARTS_PER_CLASS))
         pick = rng.choice(len(all_combos), CLASSES_PER_FAMILY, replace=False)
@@ -93,7 +101,7 @@ def render_class(label: int, count: int, seed: int, part: int = 0, structure=Non
     img = 0.5 + 0.12 * _pink_noise(rng, count)[:, None] * tint + 0.15 * (tint - 0.55)
     # the class's parts, each at a random position and amplitude (plus one distractor part of another family)
     for p in combos[label]:
-        _paste(img, parts[f, p], rng, 0.35)
+        _paste(img, parts[f, p], rng, PART_AMP)
     other = (f + rng.randint(1, FAMILIES, count)) % FAMILIES
     distract = rng.randint(0, PARTS_PER_FAMILY, count)
     for i in range(count):

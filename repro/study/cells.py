@@ -32,6 +32,8 @@ from .grid import Cell, GridError, dependencies, mean_source, realise
 REPO = Path(__file__).resolve().parents[2]
 SMALL_NET = REPO / "prototxt" / "small" / "train_val.prototxt"
 SMALL_SOLVER = REPO / "prototxt" / "small" / "solver.prototxt"
+MINI_NET = REPO / "prototxt" / "mini" / "train_val.prototxt"
+MINI_SOLVER = REPO / "prototxt" / "mini" / "solver.prototxt"
 CAFFENET_NET = REPO / "prototxt" / "caffenet" / "train_val.prototxt"
 CAFFENET_SOLVER = REPO / "prototxt" / "caffenet" / "solver.prototxt"
 
@@ -55,6 +57,8 @@ class Study:
     runs:        run folders, one per cell, named by the cell (`runs/half0A`, `runs/transfer0A0B_1_3`).
     root:        relative data paths of the prototxt are resolved against it (default: the working directory).
     builtin:     generate missing built-in datasets (splits, stores, means) on demand.
+    builtin_kind: which built-in data to generate (repro.data.builtin.KINDS): "procedural" (prototxt/small's
+                 20 classes) or "hierarchical" (prototxt/mini's 48 classes in 8 families, the miniature).
     max_iter:    run a shorter schedule: max_iter and every interval scaled to it (`scale_solver`).
     test_iter:   batches per test (default: the solver's, one pass over the validation set).
     test_interval: iterations between tests (default: the solver's, scaled with max_iter).
@@ -72,6 +76,7 @@ class Study:
     runs: Path
     root: Path = field(default_factory=Path.cwd)
     builtin: bool = False
+    builtin_kind: str = "procedural"
     max_iter: int | None = None
     test_iter: int | None = None
     test_interval: int | None = None
@@ -88,11 +93,17 @@ class Study:
 
 
 def builtin_study(runs="runs/builtin", *, root=None, max_iter=None, test_iter=None, test_interval=None, net=None,
-                  solver=None) -> Study:
+                  solver=None, kind: str = "procedural") -> Study:
     """The study of the built-in data: the small CaffeNet (prototxt/small) and datasets generated on demand."""
     return Study(Path(net or SMALL_NET), Path(solver or SMALL_SOLVER), Path(runs),
-                 Path(root) if root is not None else Path.cwd(), builtin=True, max_iter=max_iter,
-                 test_iter=test_iter, test_interval=test_interval)
+                 Path(root) if root is not None else Path.cwd(), builtin=True, builtin_kind=kind,
+                 max_iter=max_iter, test_iter=test_iter, test_interval=test_interval)
+
+
+def mini_study(runs="runs/mini", *, root=None, max_iter=None, test_iter=None, test_interval=None) -> Study:
+    """The miniature: prototxt/mini on the hierarchical built-in data (repro.data.hierarchical), made on demand."""
+    return builtin_study(runs, root=root, max_iter=max_iter, test_iter=test_iter, test_interval=test_interval,
+                         net=MINI_NET, solver=MINI_SOLVER, kind="hierarchical")
 
 
 def paper_study(runs="runs/imagenet", *, root=None, max_iter=None, test_iter=None, test_interval=None) -> Study:
@@ -324,7 +335,7 @@ def ensure_data(study: Study, paths) -> None:
         from .data import ensure_builtin_path
 
         for p in missing:
-            ensure_builtin_path(p)
+            ensure_builtin_path(p, study.builtin_kind)
         missing = [p for p in paths if not Path(p).exists()]
     if missing:
         raise StudyError("missing data: " + ", ".join(map(str, missing)) + ". Prepare them with "

@@ -46,11 +46,11 @@ def is_builtin_root(root) -> bool:
     return False
 
 
-def _root_ready(root: Path) -> Path:
+def _root_ready(root: Path, kind: str) -> Path:
     from ..data.builtin import ensure_builtin
 
     if not is_builtin_root(root):
-        ensure_builtin(root)   # generates it (seconds), or refuses a folder that holds something else
+        ensure_builtin(root, kind=kind)   # generates it (seconds), or refuses a folder that holds something else
     return root
 
 
@@ -103,15 +103,16 @@ def _write_store(view, out: Path, source: str) -> Path:
     return out
 
 
-def ensure_part(root, dataset: str, part: str) -> Path:
-    """`<root>/<dataset>_<part>`: the store of one split's train or val images (built if absent)."""
+def ensure_part(root, dataset: str, part: str, kind: str = "procedural") -> Path:
+    """`<root>/<dataset>_<part>`: the store of one split's train or val images (built if absent; `kind`: which
+    built-in data to generate at `root` when it is not there, repro.data.builtin.KINDS)."""
     from ..data.store import Store, is_store
 
     root = Path(root)
     out = root / f"{dataset}_{part}"
     if is_store(out):
         return out
-    _root_ready(root)
+    _root_ready(root, kind)
     lst = split_lists(root) / part / dataset / "files.txt"
     if not lst.is_file():
         have = sorted(p.name for p in (root / "splits" / part).iterdir())
@@ -120,7 +121,7 @@ def ensure_part(root, dataset: str, part: str) -> Path:
     return _write_store(view, out, f"repro.study.data: {dataset} {part} of {root}")
 
 
-def ensure_mean(root, dataset: str) -> Path:
+def ensure_mean(root, dataset: str, kind: str = "procedural") -> Path:
     """`<root>/<dataset>_mean.binaryproto`: compute_image_mean of the dataset's training store."""
     from ..caffemodel import write_mean
     from ..data.store import Store, compute_mean
@@ -129,13 +130,14 @@ def ensure_mean(root, dataset: str) -> Path:
     out = root / f"{dataset}_mean.binaryproto"
     if out.is_file():
         return out
-    write_mean(out, compute_mean(Store(ensure_part(root, dataset, "train"))))
+    write_mean(out, compute_mean(Store(ensure_part(root, dataset, "train", kind))))
     return out
 
 
-def ensure_builtin_path(path) -> Path:
+def ensure_builtin_path(path, kind: str = "procedural") -> Path:
     """Build the built-in dataset file or folder `path` names (`<root>/<dataset>_train|_val` or
-    `<root>/<dataset>_mean.binaryproto`); the built-in data itself is generated at `<root>` if absent."""
+    `<root>/<dataset>_mean.binaryproto`); the built-in data of `kind` (repro.data.builtin.KINDS) is generated
+    at `<root>` if absent."""
     path = Path(path)
     root = path.parent
     if root.exists() and any(root.iterdir()) and not is_builtin_root(root):
@@ -143,9 +145,9 @@ def ensure_builtin_path(path) -> Path:
                              f"this dataset from it")
     m = _MEAN.match(path.name)
     if m:
-        return ensure_mean(root, m["ds"])
+        return ensure_mean(root, m["ds"], kind)
     m = _PART.match(path.name)
     if m:
-        return ensure_part(root, m["ds"], m["part"])
+        return ensure_part(root, m["ds"], m["part"], kind)
     raise StudyDataError(f"{path}: not a built-in dataset path; expected <root>/<dataset>_train, <dataset>_val or "
                          f"<dataset>_mean.binaryproto")

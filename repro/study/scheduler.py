@@ -30,13 +30,6 @@ from ..numerics import resolve_device
 from .cells import Study, StudyError, has_snapshot, is_finished
 from .grid import Cell, all_cells, cell_from_name, dependencies, mean_source
 
-# The mini study's schedule (tools/mini_study.py): prototxt/small/solver.prototxt stretched from 600 to 1200
-# iterations (the rate drops at 800 instead of 400): after 600 a base net is still far from trained (half0A:
-# 0.46 mean of its 10 best tests against 0.76 after 1200). A base net then takes ~136 s of one CPU core, and the
-# 30 nets ~27 min on 2 cores. Tested every 40 iterations instead of 200: the paper's metric, the mean of the 10
-# best test points, is then taken from 31 points rather than 7 (the first of them untrained).
-MINI_MAX_ITER = 1200
-MINI_TEST_INTERVAL = 40
 
 
 @dataclass(frozen=True)
