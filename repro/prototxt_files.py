@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-NETS = ("caffenet", "small")
+NETS = ("caffenet", "mini", "small")
 KINDS = ("train_val", "deploy", "solver")
 
 _HERE = Path(__file__).resolve().parent
@@ -23,7 +23,7 @@ def prototxt_dir() -> Path:
 
 
 def prototxt_path(net: str, kind: str = "train_val") -> Path:
-    """The file of ``net`` ("caffenet", "small") of ``kind`` ("train_val", "deploy", "solver")."""
+    """The file of ``net`` ("caffenet", "mini", "small") of ``kind`` ("train_val", "deploy", "solver")."""
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
     path = prototxt_dir() / net / f"{kind}.prototxt"

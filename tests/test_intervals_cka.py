@@ -66,6 +66,19 @@ def test_cka_properties():
         linear_cka(x, y[:10])
 
 
+def test_cka_of_layers_wider_than_the_image_count_uses_the_gram_form():
+    # A conv layer has more features than there are images (the miniature's conv1: 21,632 for 800 images): its
+    # p x p product would not fit in memory, so linear_cka takes the n x n Gram form, which must agree with the
+    # HSIC definition as the feature form does (float64, both sums of the same 30 x 30 products: 1e-12).
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((30, 500))
+    y = rng.standard_normal((30, 400)) + 0.5 * x[:, :400]
+    assert linear_cka(x, y) == pytest.approx(_cka_hsic(x, y), abs=1e-12)
+    assert linear_cka(x, x * 2.5) == pytest.approx(1.0, abs=1e-12)
+    q, _ = np.linalg.qr(rng.standard_normal((500, 500)))
+    assert linear_cka(x @ q, y) == pytest.approx(linear_cka(x, y), abs=1e-12)
+
+
 def test_cka_by_layer_of_small_nets(tmp_path):
     # Same weights -> CKA 1 at every layer; a net with other random weights -> below 1 at the top layers.
     from conftest import REPO

@@ -1,19 +1,21 @@
 """Train a base network of the study (the paper's half0A ... half3B, halfnatmanA/B) as the paper's Caffe did.
 
-  python tools/train_base.py                               # built-in data: prototxt/small on half0A
+  python tools/train_base.py                               # the miniature: prototxt/mini on its half0A
+  python tools/train_base.py --net small                   # prototxt/small on the 20-class built-in data
   python tools/train_base.py --split 1 --half B            # half1B
   python tools/train_base.py --split natman --half A       # halfnatmanA (natural classes)
   python tools/train_base.py --net caffenet --data /data/ilsvrc12 --device cuda   # ImageNet, CaffeNet
   python tools/train_base.py --net caffenet --data D --device cuda --batch 64     # 4 x 64 = the paper's 256
   python tools/train_base.py --max-iter 500                # a shorter schedule, steps scaled to it
 
-Data. The built-in data (repro/data/builtin.py) and the split's datasets are made on first use under
-<data>/data/builtin. With --net caffenet the datasets are yours: the Data layers of
+Data. The built-in data and the split's datasets are made on first use under <data>/data/mini (the
+miniature's hierarchical images, repro/data/hierarchical.py) or <data>/data/builtin (--net small,
+repro/data/procedural.py). With --net caffenet the datasets are yours: the Data layers of
 prototxt/caffenet/train_val.prototxt name them relative to --data, as data/<dataset>_train,
 data/<dataset>_val and data/<dataset>_mean.binaryproto (tools/run_grid.py --dry-run lists every dataset a
 selection needs).
 
-The run folder <runs>/<name>/ (e.g. runs/builtin/half0A/) holds the resolved prototxts, run.json (what was
+The run folder <runs>/<name>/ (e.g. runs/mini/half0A/) holds the resolved prototxts, run.json (what was
 asked, the git commit, versions, device, numerics), log.jsonl, snapshots/, summary.json and, once finished,
 final.caffemodel, final.pt and final.onnx. One process trains a folder at a time (a second one stops at once,
 naming the first's pid). Running the same command again resumes an unfinished run from its newest snapshot and

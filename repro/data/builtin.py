@@ -57,7 +57,7 @@ from .procedural import (  # noqa: F401
 )
 
 # ------------------------------------------------------------------------------------------------ on disk
-KINDS = ("procedural", "hierarchical")   # the 20-class set (tests, default) and repro.data.hierarchical's 48
+KINDS = ("procedural", "hierarchical")   # the 20-class set (prototxt/small, tests) and repro.data.hierarchical's 32 (prototxt/mini)
 
 
 def _kind(kind: str):
@@ -89,33 +89,37 @@ def _write_store(folder: Path, images: np.ndarray, labels: np.ndarray, names: li
     (folder / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def _complete(root: Path, version: int = VERSION) -> bool:
+def _manifest(root: Path) -> dict | None:
+    """The manifest of a complete built-in dataset at `root` (written last), or None."""
     m = root / "manifest.json"
     if not m.is_file():
-        return False
+        return None
     try:
-        return json.loads(m.read_text()).get("builtin_version") == version
+        m = json.loads(m.read_text())
     except json.JSONDecodeError:
-        return False
+        return None
+    return m if isinstance(m, dict) and "builtin_version" in m else None
 
 
 def ensure_builtin(root: str | os.PathLike = "data/builtin", *, train_per_class: int = TRAIN_PER_CLASS,
                    val_per_class: int = VAL_PER_CLASS, seed: int = SEED, kind: str = "procedural") -> Path:
     """Generate the built-in dataset at `root` unless it is already there; returns `root` (see module doc).
 
-    kind: "procedural" (the 20 classes above) or "hierarchical" (repro.data.hierarchical: 48 classes in 8
+    kind: "procedural" (the 20 classes above) or "hierarchical" (repro.data.hierarchical: 32 classes in 8
     families of shared parts, ImageNet's structure in miniature; its classes/natural/man-made lists replace
-    these)."""
+    these). A root holding another kind, version or size is refused, naming both."""
     root = Path(root)
     gen = _kind(kind)
     classes, natural, manmade = gen.CLASSES, gen.NATURAL_IDS, gen.MANMADE_IDS
-    if _complete(root, gen.VERSION):
-        m = json.loads((root / "manifest.json").read_text())
-        if (m["train_per_class"], m["val_per_class"], m["seed"], m.get("kind", "procedural")) != \
-                (train_per_class, val_per_class, seed, kind):
-            raise FileExistsError(f"{root} holds the built-in data with train_per_class={m['train_per_class']}, "
-                                  f"val_per_class={m['val_per_class']}, seed={m['seed']}, "
-                                  f"kind={m.get('kind', 'procedural')}; remove it or pick another root")
+    m = _manifest(root)
+    if m is not None:
+        have = (m.get("train_per_class"), m.get("val_per_class"), m.get("seed"), m.get("kind", "procedural"),
+                m["builtin_version"])
+        if have != (train_per_class, val_per_class, seed, kind, gen.VERSION):
+            raise FileExistsError(f"{root} holds the built-in data with train_per_class={have[0]}, "
+                                  f"val_per_class={have[1]}, seed={have[2]}, kind={have[3]}, version {have[4]} "
+                                  f"(asked: {train_per_class}, {val_per_class}, {seed}, kind={kind}, version "
+                                  f"{gen.VERSION}); remove it or pick another root")
         return root
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} exists and is not the built-in dataset; refusing to write into it")
@@ -151,7 +155,7 @@ def ensure_builtin(root: str | os.PathLike = "data/builtin", *, train_per_class:
         os.replace(work, root)
     except OSError:
         shutil.rmtree(work, ignore_errors=True)
-        if _complete(root, gen.VERSION):  # another process finished first
+        if _manifest(root) is not None:  # another process finished first
             return root
         raise
     except BaseException:

@@ -107,14 +107,18 @@ def compute_image_mean_main(argv=None) -> int:
 
 
 def make_builtin_main(argv=None) -> int:
+    from .builtin import KINDS, ensure_builtin, export_images
+
     ap = argparse.ArgumentParser(prog="make_builtin", description="Generate the built-in dataset (seconds).")
-    ap.add_argument("--root", default="data/builtin")
+    ap.add_argument("--kind", choices=KINDS, default="procedural",
+                    help="procedural: the 20 classes of prototxt/small (default); hierarchical: the miniature's "
+                         "32 classes in 8 families (prototxt/mini)")
+    ap.add_argument("--root", help="where (default data/builtin, or data/mini for --kind hierarchical)")
     ap.add_argument("--export", default=None, help="also write every image as PNG under this folder")
     args = ap.parse_args(argv)
-    from .builtin import ensure_builtin, export_images
-
+    root = args.root or ("data/mini" if args.kind == "hierarchical" else "data/builtin")
     try:
-        root = ensure_builtin(args.root)
+        root = ensure_builtin(root, kind=args.kind)
         if args.export:
             export_images(root, args.export)
     except FileExistsError as e:

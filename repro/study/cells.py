@@ -58,7 +58,7 @@ class Study:
     root:        relative data paths of the prototxt are resolved against it (default: the working directory).
     builtin:     generate missing built-in datasets (splits, stores, means) on demand.
     builtin_kind: which built-in data to generate (repro.data.builtin.KINDS): "procedural" (prototxt/small's
-                 20 classes) or "hierarchical" (prototxt/mini's 48 classes in 8 families, the miniature).
+                 20 classes) or "hierarchical" (prototxt/mini's 32 classes in 8 families, the miniature).
     max_iter:    run a shorter schedule: max_iter and every interval scaled to it (`scale_solver`).
     test_iter:   batches per test (default: the solver's, one pass over the validation set).
     test_interval: iterations between tests (default: the solver's, scaled with max_iter).

@@ -3,8 +3,8 @@
 ``add_study_flags(parser)`` adds them; ``study_from_args(args)`` turns the parsed flags into a
 :class:`repro.study.cells.Study`; ``device_from_args(args)`` checks ``--device`` before anything is built (a
 missing CUDA is one line, not a torch traceback). The three tools therefore cannot disagree on which study a
-command means: without flags, every one of them works on the small net and the built-in data under
-``runs/builtin``.
+command means: without flags, every one of them works on the miniature (prototxt/mini on the hierarchical
+built-in data) under ``runs/mini``.
 """
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..engine.modes import MODES
-from .cells import CAFFENET_NET, SMALL_NET, Study, StudyError, builtin_study, paper_study
+from .cells import CAFFENET_NET, SMALL_NET, Study, StudyError, builtin_study, mini_study, paper_study
 
-NETS = ("small", "caffenet")
+NETS = ("mini", "small", "caffenet")
 _OLD_STUDY = {"builtin": "small", "imagenet": "caffenet"}  # the --study names of earlier releases
 
 
@@ -32,8 +32,10 @@ def _positive(text: str) -> int:
 def add_study_flags(parser: argparse.ArgumentParser, *, device: bool = True) -> None:
     """The flags that choose a study and how its runs train (see the module doc)."""
     g = parser.add_argument_group("study (the same flags and defaults in train_base, transfer and run_grid)")
-    g.add_argument("--net", default="small", metavar="small|caffenet|PATH",
-                   help="small: prototxt/small on the built-in data, made on first use (default); caffenet: "
+    g.add_argument("--net", default="mini", metavar="mini|small|caffenet|PATH",
+                   help="mini: the miniature, prototxt/mini on the hierarchical built-in data (32 classes in "
+                        "8 families), made on first use (default); small: prototxt/small on the 20-class "
+                        "procedural built-in data; caffenet: "
                         f"{CAFFENET_NET.relative_to(CAFFENET_NET.parents[2])} on the ILSVRC-2012 datasets you "
                         "prepared; or a train_val prototxt PATH whose Data layers name the datasets "
                         "(half0A, whole, ...)")
@@ -43,8 +45,8 @@ def add_study_flags(parser: argparse.ArgumentParser, *, device: bool = True) -> 
                    help="data root: the net's relative data paths (data/<dataset>_train, "
                         "data/<dataset>_mean.binaryproto, ...) start from it (default: the working directory)")
     g.add_argument("--runs", "--out", dest="runs", metavar="DIR",
-                   help="folder of run folders, one per net (default runs/builtin, or runs/imagenet for "
-                        "--net caffenet)")
+                   help="folder of run folders, one per net (default runs/mini; runs/builtin for --net small, "
+                        "runs/imagenet for --net caffenet)")
     g.add_argument("--max-iter", type=_positive, metavar="N",
                    help="a shorter schedule: max_iter N, with stepsize, test_interval, snapshot and display "
                         "scaled to it (snapshots stay at least 1000 iterations apart, or one at the end of a "
@@ -80,7 +82,7 @@ def study_from_args(a) -> Study:
     """The Study the flags of :func:`add_study_flags` describe (a missing net or solver file is named)."""
     net = a.net
     if getattr(a, "study", None):
-        if net not in ("small", _OLD_STUDY[a.study]):
+        if net not in ("mini", _OLD_STUDY[a.study]):
             raise StudyError(f"--study {a.study} and --net {net} disagree; use --net alone")
         net = _OLD_STUDY[a.study]
     kw = {"root": a.data, "max_iter": a.max_iter, "test_iter": a.test_iter, "test_interval": a.test_interval}
@@ -88,6 +90,8 @@ def study_from_args(a) -> Study:
         kw["runs"] = a.runs
     if net == "caffenet":
         st = paper_study(**kw)
+    elif net == "mini":
+        st = mini_study(**kw)
     else:
         st = builtin_study(**kw)
         if net != "small":

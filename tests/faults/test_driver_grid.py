@@ -16,7 +16,8 @@ def root(tmp_path_factory):
 
 
 def grid_args(root, tmp_path, s):
-    return ("--name", "half0A", "--devices", "cpu", "--threads", "1", "--data", root, "--runs", tmp_path / "runs",
+    return ("--net", "small", "--name", "half0A", "--devices", "cpu", "--threads", "1", "--data", root, "--runs",
+            tmp_path / "runs",
             "--solver", s, "--test-iter", "1")
 
 

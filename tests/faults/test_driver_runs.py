@@ -28,7 +28,7 @@ from .driver_common import (
     wait_for,
 )
 
-QUICK = ("--test-iter", "1")
+QUICK = ("--net", "small", "--test-iter", "1")
 
 
 @pytest.fixture(scope="module")
