@@ -2,6 +2,7 @@
 its datasets are made from that data, and tools/mini_study.py runs Figure 2's grid end to end into a report."""
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -60,7 +61,7 @@ def test_mini_study_runs_figure_2_into_a_report(mini_root, capsys):
     argv = ["--split", "0", "--max-iter", "2", "--data", str(mini_root), "--runs", str(runs), "--out", str(out)]
     assert tool.main(argv) == 0
     printed = capsys.readouterr().out
-    assert "30 trained" in printed and "AnB+ n=7" in printed
+    assert "30 trained, 0 already finished, 0 failed" in printed and re.search(r"^AnB\+\s+n=7\s+top-1", printed, re.M)
     study = json.loads((out / "study.json").read_text())
     assert study["nets_in_plan"] == 30 and study["nets_trained_now"] == 30 and study["splits"] == ["0"]
     rows = (out / "figure2.csv").read_text().splitlines()

@@ -66,13 +66,14 @@ def test_plan_orders_bases_first_and_adds_missing_ones(tmp_path):
 
 
 def test_dry_run_prints_the_plan(tmp_path, capsys):
-    _tool("run_grid").main(["--mini", "--dry-run", "--runs", str(tmp_path), "--devices", "cpu", "cpu"])
+    _tool("run_grid").main(["--mini", "--dry-run", "--runs", str(tmp_path / "runs"), "--data", str(tmp_path),
+                            "--devices", "cpu", "cpu"])
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["new", "half0A", "base", "[data", "half0A]"]
     assert out[30] == "30 nets: 30 to run (0 resumed), 0 finished; devices: cpu, cpu"
     # then the data the selection reads: half 0A and 0B's stores and means, made on first use
     assert out[31] == "data: 6 paths, 0 present, 6 made on first use" and len(out) == 38
-    assert out[32].split()[:2] == ["to", "make"] and out[32].endswith("data/builtin/half0A_train")
+    assert out[32].split()[:2] == ["to", "make"] and out[32].endswith("data/mini/half0A_train")
     with pytest.raises(ReproError, match="no net matches"):
         _tool("run_grid").main(["--kind", "base", "--n", "3", "--dry-run", "--runs", str(tmp_path)])
 

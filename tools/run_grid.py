@@ -1,7 +1,7 @@
 """Run any subset of the study's grid, base nets before the nets that copy them, one net per device.
 
   python tools/run_grid.py --dry-run                                  # the plan for all 170 nets, and its data
-  python tools/run_grid.py --mini                                     # Figure 2 for split 0 of the miniature: 2 + 28 nets
+  python tools/run_grid.py --mini                                     # Figure 2, split 0 of the miniature: 30 nets
   python tools/run_grid.py --kind base --split 0 1 --devices cuda:0 cuda:1
   python tools/run_grid.py --name 'transfer0A0B_*' 'half0?' --devices cpu cpu --threads 1
   python tools/run_grid.py --net caffenet --data /data/ilsvrc12 --batch 128 --kind base --split 0

@@ -57,7 +57,8 @@ from .procedural import (  # noqa: F401
 )
 
 # ------------------------------------------------------------------------------------------------ on disk
-KINDS = ("procedural", "hierarchical")   # the 20-class set (prototxt/small, tests) and repro.data.hierarchical's 32 (prototxt/mini)
+# the 20-class set (prototxt/small, tests) and repro.data.hierarchical's 32 classes (prototxt/mini, the miniature)
+KINDS = ("procedural", "hierarchical")
 
 
 def _kind(kind: str):

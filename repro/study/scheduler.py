@@ -31,7 +31,6 @@ from .cells import Study, StudyError, has_snapshot, is_finished
 from .grid import Cell, all_cells, cell_from_name, dependencies, mean_source
 
 
-
 @dataclass(frozen=True)
 class Job:
     """One net of a plan: its cell, the names of the nets it waits for, and its state when planned."""
