@@ -95,3 +95,13 @@ def test_analyze_gives_cka_one_where_a_transfer_froze_the_base_layers(mini_root)
         assert cka[("transfer0A0A_1_3", layer)] == pytest.approx(1.0, abs=1e-5)
     assert all(-1e-6 <= v <= 1 + 1e-6 for v in cka.values())
     assert (out / "cka.png").is_file()
+
+
+def test_analyze_names_a_run_that_is_not_finished_before_any_work(tmp_path):
+    from repro.study.cka import CKAError
+
+    (tmp_path / "half0A").mkdir()
+    with pytest.raises(CKAError, match=r"half0A has no final.caffemodel \(not a finished run\)"):
+        load_tool("analyze").main(["--base", str(tmp_path / "half0A"), "--nets", str(tmp_path / "x")])
+    with pytest.raises(CKAError, match=r"/x does not exist"):
+        load_tool("analyze").main(["--base", str(tmp_path / "x"), "--nets", str(tmp_path / "half0A")])

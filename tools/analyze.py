@@ -14,7 +14,7 @@ from pathlib import Path
 
 from repro.atomic import atomic_write_text
 from repro.cli import tool_main
-from repro.study.analysis import cka_by_layer, load_images, plot_cka, representations
+from repro.study.analysis import cka_by_layer, load_images, plot_cka, representations, run_weights
 
 
 def main(argv=None):
@@ -28,11 +28,12 @@ def main(argv=None):
     p.add_argument("--crop", type=int, default=56)
     p.add_argument("--out", default="report/cka")
     a = p.parse_args(argv)
+    weights = {d: run_weights(d) for d in [a.base, *a.nets]}   # every run named before any work
     images = load_images(a.val, a.mean, a.images, a.crop)
-    base = representations(a.deploy, Path(a.base) / "final.caffemodel", images)
+    base = representations(a.deploy, weights[a.base], images)
     rows = {}
     for d in a.nets:
-        rows[Path(d).name] = cka_by_layer(base, representations(a.deploy, Path(d) / "final.caffemodel", images))
+        rows[Path(d).name] = cka_by_layer(base, representations(a.deploy, weights[d], images))
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     lines = ["net,layer,cka"] + [f"{n},{layer},{v:.6f}" for n, r in rows.items() for layer, v in r.items()]

@@ -27,8 +27,31 @@ def rep_layers(net: Net) -> list[str]:
     return [lp.name for lp in net.net_param.layer if lp.type in REP_TYPES]
 
 
+def run_weights(run_dir: str | os.PathLike) -> Path:
+    """A finished run folder's final.caffemodel (a clear error for anything else)."""
+    w = Path(run_dir) / "final.caffemodel"
+    if not w.is_file():
+        what = "does not exist" if not Path(run_dir).exists() else "has no final.caffemodel (not a finished run)"
+        raise CKAError(f"{os.fspath(run_dir)} {what}")
+    return w
+
+
+def _built(path: Path) -> Path:
+    """A built-in dataset path (`data/mini/half0B_val`, its mean) that the study makes on first use is made here
+    too, when its folder holds the built-in data (repro.study.data); other paths are returned as they are."""
+    from .data import StudyDataError, ensure_builtin_path, is_builtin_root
+
+    if not path.exists() and is_builtin_root(path.parent):
+        try:
+            return ensure_builtin_path(path)
+        except StudyDataError:
+            return path   # not a dataset name: Store/read_mean below say what is missing
+    return path
+
+
 def load_images(store_dir: str | os.PathLike, mean_file: str | os.PathLike, count: int, crop: int) -> np.ndarray:
     """The first `count` images of a store, centre-cropped to `crop` and mean-subtracted (float32 NCHW)."""
+    store_dir, mean_file = _built(Path(store_dir)), _built(Path(mean_file))
     s = Store(store_dir)
     x = np.asarray(s.images[:count], dtype=np.float32)
     h, w = x.shape[2:]
