@@ -6,7 +6,9 @@ Design (numpy, vectorised, deterministic from a seed, no download):
   from one palette, plus sensor noise; every part is an oriented grating (Gabor-like stroke) with a colour blob,
   so oriented edges and colour blobs appear in every class;
 * mid level, shared within a family: each of FAMILIES families owns PARTS_PER_FAMILY part prototypes whose
-  orientations and colours scatter around the family's own; natural families (0..3) have soft sinusoidal parts
+  orientations fan out evenly around the family's own (+-SPREAD), over its frequency band, with colours
+  scattered around its hue (COLOUR_SPREAD), so a family's parts are told apart from each other but resemble
+  each other more than other families' parts; natural families (0..3) have soft sinusoidal parts
   under Gaussian envelopes, man-made families (4..7) sharp square-wave parts in boxes near cardinal angles,
   so the natural/man-made halves share less than two random halves;
 * classes: a class is a family plus a combination of PARTS_PER_CLASS of its parts, placed at random positions

@@ -9,7 +9,8 @@ training set's `imagenet_mean.binaryproto` (the paper's training protocol). For 
     <root>/<dataset>_mean.binaryproto     compute_image_mean of <dataset>_train
     <root>/splits/{train,val}/<dataset>/  the split lists (repro.study.splits, the paper's make_reduced_dataset.py)
 
-which is the layout prototxt/small/train_val.prototxt names (`data/builtin/half0A_train`, ...). The images are
+which is the layout prototxt/small/train_val.prototxt names (`data/builtin/half0A_train`, ...) and
+prototxt/mini/train_val.prototxt names under `data/mini/` (the hierarchical kind). The images are
 copied in the split list's order with its labels (a store is read sequentially, like Caffe's DB cursor). Every
 folder and file appears atomically, so concurrent runs that need the same dataset may both try to build it.
 """
