@@ -139,3 +139,18 @@ def test_caffenet_solver_is_the_papers(shared):
     for field in ("base_lr", "lr_policy", "gamma", "stepsize", "max_iter", "momentum", "weight_decay", "test_iter",
                   "test_interval", "display", "snapshot"):
         assert getattr(mine, field) == getattr(paper, field), field
+
+
+@pytest.mark.parametrize("kind", ["train_val", "deploy"])
+def test_the_miniature_net_is_the_small_net_with_its_own_data_and_classes(kind):
+    # Caffe's prototxt has no include, so prototxt/mini repeats prototxt/small: this keeps the copy from drifting.
+    # The only differences allowed: the net's name, the datasets it reads and fc8's outputs (32 classes).
+    small, mini = read_net(prototxt_path("small", kind)), read_net(prototxt_path("mini", kind))
+    small.name = "MiniCaffeNet"
+    for layer in small.layer:
+        if layer.type == "Data":
+            layer.data_param.source = layer.data_param.source.replace("data/builtin/", "data/mini/")
+            layer.transform_param.mean_file = layer.transform_param.mean_file.replace("data/builtin/", "data/mini/")
+        if layer.name == "fc8":
+            layer.inner_product_param.num_output = 32
+    assert mini == small

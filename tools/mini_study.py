@@ -18,11 +18,18 @@ repro.study.figures (figure2.png, figure2.csv, results.md, ...) and study.json (
 written to --out.
 """
 import argparse
+import json
 import time
+from pathlib import Path
 
+from repro import resources
+from repro.atomic import atomic_write_text
 from repro.cli import tool_main
 from repro.study.cells import mini_study
-from repro.study.scheduler import mini_cells, plan, run_plan, summarise_status
+from repro.study.figures import figure2_table, write_report
+from repro.study.flags import exit_code
+from repro.study.results import read_runs, scores
+from repro.study.scheduler import exit_status, mini_cells, plan, run_plan, summarise_status
 
 SPLITS = ("0", "1", "2", "3")
 
@@ -47,29 +54,21 @@ def main(argv=None):
     st = mini_study(runs=a.runs, root=a.data, max_iter=a.max_iter, test_interval=a.test_interval)
     jobs = plan(st, [c for s in a.split for c in mini_cells(s)])
     status = run_plan(st, jobs, ["cpu"] * a.workers, threads=a.threads)
-    bad = {k: v for k, v in status.items() if not (v == "done" or v.startswith("skipped"))}
     wall = time.time() - t0
     print(summarise_status(status) + f"; {wall / 60:.1f} min")
 
-    from repro import resources
-    from repro.atomic import atomic_write_text
-    from repro.study.figures import figure2_table, write_report
-    from repro.study.results import read_runs, scores
-
     net_scores = scores(read_runs([st.runs]))
     written = write_report(net_scores, a.out, paper=resources.paper_scores())
-    trained = sum(1 for v in status.values() if v == "done")
-    import json
-    from pathlib import Path
     # what this invocation did, beside the figures (a rerun that finds every net finished records ~0 min)
     atomic_write_text(Path(a.out) / "study.json", json.dumps({
         "splits": a.split, "workers": a.workers, "threads": a.threads, "nets_in_plan": len(jobs),
-        "nets_trained_now": trained, "wall_s": round(wall, 1), "status": status}, indent=1) + "\n")
+        "nets_trained_now": sum(v == "done" for v in status.values()), "wall_s": round(wall, 1),
+        "status": status}, indent=1) + "\n")
     print(f"{len(net_scores)} nets -> {len(written) + 1} files in {a.out}")
     for row in figure2_table(net_scores):
         ci = f" ± {row['ci95']:.4f} (95% t interval)" if row["ci95"] is not None else ""
         print(f"{row['condition']:5s} n={row['n']}  top-1 {row['top1']:.4f}{ci}  ({row['k']} nets)")
-    return 1 if bad else 0
+    return exit_code(exit_status(status))   # as run_grid: 0 finished, 3 stopped, 4 diverged, 1 failed
 
 
 if __name__ == "__main__":

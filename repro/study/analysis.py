@@ -19,6 +19,7 @@ from ..data.store import Store
 from ..net import Net
 from ..weights import copy_weights, read_weights
 from .cka import CKAError, linear_cka
+from .data import made_if_builtin
 
 REP_TYPES = ("Convolution", "InnerProduct")
 
@@ -36,22 +37,9 @@ def run_weights(run_dir: str | os.PathLike) -> Path:
     return w
 
 
-def _built(path: Path) -> Path:
-    """A built-in dataset path (`data/mini/half0B_val`, its mean) that the study makes on first use is made here
-    too, when its folder holds the built-in data (repro.study.data); other paths are returned as they are."""
-    from .data import StudyDataError, ensure_builtin_path, is_builtin_root
-
-    if not path.exists() and is_builtin_root(path.parent):
-        try:
-            return ensure_builtin_path(path)
-        except StudyDataError:
-            return path   # not a dataset name: Store/read_mean below say what is missing
-    return path
-
-
 def load_images(store_dir: str | os.PathLike, mean_file: str | os.PathLike, count: int, crop: int) -> np.ndarray:
     """The first `count` images of a store, centre-cropped to `crop` and mean-subtracted (float32 NCHW)."""
-    store_dir, mean_file = _built(Path(store_dir)), _built(Path(mean_file))
+    store_dir, mean_file = made_if_builtin(store_dir), made_if_builtin(mean_file)
     s = Store(store_dir)
     x = np.asarray(s.images[:count], dtype=np.float32)
     h, w = x.shape[2:]

@@ -67,7 +67,7 @@ def split_lists(root) -> Path:
     manifest = json.loads((root / "manifest.json").read_text())
     n = len(manifest["classes"])
     partition = (read_indices(root / "half_nat_idx.txt"), read_indices(root / "half_man_idx.txt"))
-    # the built-in data is 20 classes by design: "not the paper's datasets" is known, not a warning
+    # the built-in data is not ImageNet by design (20 or 32 classes): "not the paper's datasets" is no news
     make_splits(root / "train_files.txt", out / "train", num_classes=n, partition=partition,
                 per_class=resources.REDUCED_PER_CLASS, warn_not_paper=False)
     make_splits(root / "val_files.txt", out / "val", num_classes=n, partition=partition, per_class=(),
@@ -152,3 +152,14 @@ def ensure_builtin_path(path, kind: str = "procedural") -> Path:
         return ensure_part(root, m["ds"], m["part"], kind)
     raise StudyDataError(f"{path}: not a built-in dataset path; expected <root>/<dataset>_train, <dataset>_val or "
                          f"<dataset>_mean.binaryproto")
+
+
+def made_if_builtin(path) -> Path:
+    """`path`, made first when it is a missing dataset of an existing built-in data folder (`data/mini/half0B_val`,
+    its mean), as the study makes it on first use; any other path comes back as it is, for its reader to report."""
+    path = Path(path)
+    if path.exists() or not is_builtin_root(path.parent):
+        return path
+    if _MEAN.match(path.name) or _PART.match(path.name):
+        return ensure_builtin_path(path)
+    return path

@@ -15,6 +15,7 @@ import warnings
 from collections import defaultdict
 from typing import Iterable, Mapping
 
+from ..atomic import atomic_write, atomic_write_text
 from .grid import Cell, GridError, cell_from_name
 from .intervals import mean_ci
 
@@ -181,8 +182,6 @@ def save_figure(fig, stem) -> list:
     """Write <stem>.png and <stem>.pdf atomically (repro.atomic: temp file in the same folder, then rename)."""
     from pathlib import Path
 
-    from ..atomic import atomic_write
-
     stem = Path(stem)
     out = [atomic_write(stem.with_suffix(f".{ext}"),
                         lambda tmp, ext=ext: fig.savefig(tmp, format=ext, dpi=150, bbox_inches="tight"))
@@ -323,16 +322,10 @@ def _fixed(v, decimals):
     return "" if v is None else (f"{v:.{decimals}f}" if isinstance(v, float) else str(v))
 
 
-def _write_text(path, text):
-    from ..atomic import atomic_write_text
-
-    return atomic_write_text(path, text)
-
-
 def write_csv(rows, path, columns):
     """CSV with a header row; floats to 7 significant digits, missing values empty."""
     lines = [",".join(columns)] + [",".join(_fmt(r[c]) for c in columns) for r in rows]
-    return _write_text(path, "\n".join(lines) + "\n")
+    return atomic_write_text(path, "\n".join(lines) + "\n")
 
 
 def _md_table(rows, columns, paper_rows=None, key=(), values=("top1",), decimals=4):
@@ -381,7 +374,7 @@ def write_report(net_scores, out_dir, paper=None) -> list:
         else:
             values = ("top1", "relative") if name == "figure3" else ("top1",)
             md += ["", f"## {name}", "", _md_table(rows, columns, prow, key, values)]
-    written.append(_write_text(out_dir / "results.md", "\n".join(md) + "\n"))
+    written.append(atomic_write_text(out_dir / "results.md", "\n".join(md) + "\n"))
     written += plot_figure2(net_scores, out_dir / "figure2", paper)
     written += plot_figure3(net_scores, out_dir / "figure3", paper)
     written += plot_reduced(net_scores, out_dir / "reduced", paper)
